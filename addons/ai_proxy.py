@@ -1,0 +1,371 @@
+"""Kong's ai-proxy plugin: OpenAI-format requests in, the configured provider upstream.
+
+For a request on a route with ai-proxy, in the `request` hook: read and check the body,
+apply Kong's model rules and the route's options, let the provider's adapter build the
+native request, add the provider's auth, and send it with the gateway's own client
+(see `addons.upstream` for why). A whole answer is translated and set as the flow's
+response; a stream is handed to mitmproxy through the relay and translated chunk by
+chunk by the stream owner installed in `responseheaders`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from mitmproxy import http
+
+import providers
+from addons import llm_request
+from addons.calls import Call, now, read_context
+from addons.config.plugins import AIProxyConfig
+from addons.errors import from_provider_error
+from addons.state import Gateway
+from addons.streaming import StreamOwner
+from addons.upstream import HOP_BY_HOP, Timeouts, upstream_failure
+from providers.base import CallSpec, Provider, ProviderError, RouteType, UpstreamRequest
+
+log = logging.getLogger("llmitm")
+
+# Client headers never forwarded upstream.
+_DROP_REQUEST = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "content-encoding",
+    "accept-encoding",
+    "expect",
+    "cookie",
+}
+# Upstream headers never passed back to the client.
+_DROP_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie", "alt-svc"}
+# Credentials a client may send; dropped when the route authenticates by itself.
+_CLIENT_AUTH = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
+
+RELAY_MARK = "x-llmitm-relay"
+
+
+def _ms(seconds: float | None) -> int:
+    return max(0, round((seconds or 0.0) * 1000))
+
+
+class AIProxy:
+    name = "llmitm-ai-proxy"
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        # templated model blocks, by config identity (render per request only if needed)
+        self._templated: dict[int, bool] = {}
+
+    # ---------------------------------------------------------------------- hooks
+
+    def _route_conf(self, flow: http.HTTPFlow) -> tuple[Call | None, AIProxyConfig | None]:
+        call = self.gw.calls.get(flow)
+        if call is None or call.route is None or flow.response is not None:
+            return call, None
+        return call, call.route.plugin("ai-proxy")
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        call, conf = self._route_conf(flow)
+        if conf is None or call is None:
+            return
+        length = flow.request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > conf.max_request_body_size:
+            self._reply_error(flow, call, _too_large(int(length), conf), "gateway")
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        call, conf = self._route_conf(flow)
+        if conf is None or call is None:
+            return
+        try:
+            await self._proxy(flow, call, conf)
+        except ProviderError as e:
+            self._reply_error(flow, call, e, call.error_source or "gateway")
+        except Exception:
+            log.exception("llmitm: ai-proxy failed on %s %s", flow.request.method, flow.request.path)
+            err = ProviderError(500, "internal gateway error", "api_error", "gateway_error")
+            self._reply_error(flow, call, err, "gateway")
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call = self.gw.calls.get(flow)
+        if call is None or call.relay_token is None or flow.response is None:
+            return
+        if flow.response.headers.pop(RELAY_MARK, None) is None:
+            return
+        if call.client_request is not None:  # show the client's request again in the flow
+            url, headers, body = call.client_request
+            flow.request.url = url
+            flow.request.headers = headers
+            flow.request.raw_content = body
+        assert call.translator is not None
+        passthrough = call.spec is not None and call.spec.route_type is RouteType.PRESERVE
+        flow.response.stream = StreamOwner(call, call.translator, passthrough)
+
+    # ------------------------------------------------------------------ the call
+
+    async def _proxy(self, flow: http.HTTPFlow, call: Call, conf: AIProxyConfig) -> None:
+        try:
+            raw = flow.request.content or b""
+        except ValueError:
+            raise llm_request.bad_request("cannot decode the request body's content-encoding")
+        if len(raw) > conf.max_request_body_size:
+            raise _too_large(len(raw), conf)
+        provider = providers.get(conf.model.provider)
+        call.provider = provider
+        route_type = conf.route_type
+        model_cfg = self._model(conf, flow, call)
+
+        if route_type is RouteType.PRESERVE:
+            try:
+                body = llm_request.parse_json(raw)
+            except ProviderError:
+                body = {}
+        else:
+            body = llm_request.parse_json(raw)
+            llm_request.validate(route_type, body)
+
+        model = llm_request.resolve_model(route_type, model_cfg.name, body)
+        stream = bool(body.get("stream")) or conf.response_streaming == "always"
+        if route_type is RouteType.EMBEDDINGS:
+            stream = False
+        elif stream and conf.response_streaming == "deny":
+            raise llm_request.bad_request("response streaming is not enabled for this LLM", "stream")
+        if route_type is RouteType.PRESERVE:
+            stream = stream or "text/event-stream" in flow.request.headers.get("accept", "")
+        options = body.get("stream_options")
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+        call.request_model = model
+        call.stream = stream
+        call.context = read_context(flow.request.headers, body)
+        call.log_payloads = conf.logging.log_payloads
+        call.log_statistics = conf.logging.log_statistics
+        if call.log_payloads:
+            call.request_payload = body if body else raw.decode("utf-8", "replace")
+
+        upstream_body = body
+        if route_type is not RouteType.PRESERVE:
+            upstream_body = llm_request.apply_options(
+                route_type, llm_request.strip_gateway_fields(body), model_cfg
+            )
+        assert call.match is not None
+        spec = CallSpec(
+            route_type=route_type,
+            body=upstream_body,
+            model=model,
+            options=model_cfg.options,
+            stream=stream,
+            client_wants_usage=wants_usage,
+            path=call.match.upstream_path,
+            query=flow.request.path.partition("?")[2],
+            method=flow.request.method,
+            raw_body=raw,
+        )
+        call.spec = spec
+        up = provider.build_request(spec)
+        self._authenticate(up, conf, flow, provider)
+        call.upstream_url = up.url
+        flow.metadata["llmitm.provider"] = provider.name
+        flow.metadata["llmitm.model"] = model
+        await self._send(flow, call, conf, provider, spec, up)
+
+    def _model(self, conf: AIProxyConfig, flow: http.HTTPFlow, call: Call) -> Any:
+        templated = self._templated.get(id(conf))
+        if templated is None:
+            templated = self._templated[id(conf)] = llm_request.has_templates(conf.model)
+        if not templated:
+            return conf.model
+        assert call.match is not None
+        query = dict(parse_qsl(flow.request.path.partition("?")[2]))
+        lookup = {
+            "headers": flow.request.headers,
+            "uri_captures": call.match.captures,
+            "query_params": query,
+        }
+        return llm_request.render_model(conf.model, lookup)
+
+    def _authenticate(
+        self, up: UpstreamRequest, conf: AIProxyConfig, flow: http.HTTPFlow, provider: Provider
+    ) -> None:
+        """Forward the client's headers, then set the route's provider auth (Kong's rules:
+        the configured value wins unless `allow_override` and the client sent one)."""
+        auth = conf.auth
+        own_auth = bool(auth.header_name or auth.param_name)
+        drop_auth = _CLIENT_AUTH | set(provider.auth_headers) if own_auth else frozenset()
+        override_name = auth.header_name.lower() if auth.header_name else None
+        headers: dict[str, str] = {}
+        for name, value in flow.request.headers.items():
+            low = name.lower()
+            if low in _DROP_REQUEST or low.startswith("x-llmitm"):
+                continue
+            if low in drop_auth and not (auth.allow_override and low == override_name):
+                continue
+            headers[low] = value
+        headers.update(up.headers)
+        if auth.header_name and auth.header_value:
+            if not (auth.allow_override and override_name in headers):
+                headers[override_name] = auth.header_value  # type: ignore[index]
+        up.headers = headers
+        if auth.param_name and auth.param_value:
+            if auth.param_location == "query":
+                parts = urlsplit(up.url)
+                query = dict(parse_qsl(parts.query, keep_blank_values=True))
+                client_query = dict(parse_qsl(flow.request.path.partition("?")[2]))
+                if not (auth.allow_override and auth.param_name in client_query):
+                    query[auth.param_name] = auth.param_value
+                else:
+                    query[auth.param_name] = client_query[auth.param_name]
+                up.url = urlunsplit(parts._replace(query=urlencode(query)))
+            elif auth.param_location == "body":
+                up.body = _set_body_param(up.body, auth.param_name, auth.param_value, auth.allow_override)
+
+    async def _send(
+        self,
+        flow: http.HTTPFlow,
+        call: Call,
+        conf: AIProxyConfig,
+        provider: Provider,
+        spec: CallSpec,
+        up: UpstreamRequest,
+    ) -> None:
+        service = call.route.service if call.route else None
+        timeouts = (
+            Timeouts(service.connect_timeout, service.read_timeout, service.write_timeout)
+            if service
+            else Timeouts()
+        )
+        call.upstream_started = now()
+        try:
+            resp = await self.gw.upstream.send(up, timeouts)
+        except ProviderError:
+            call.upstream_ended = now()
+            call.error_source = "upstream"
+            raise
+        call.upstream_headers = now()
+        call.upstream_status = resp.status_code
+        upstream_headers = {
+            k: v for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE
+        }
+        preserve = spec.route_type is RouteType.PRESERVE
+
+        if resp.status_code >= 400:
+            call.upstream_ended = call.upstream_headers
+            err = provider.parse_error(resp.status_code, dict(resp.headers), resp.content)
+            call.fail(err, "upstream")
+            if preserve:  # untouched, as the upstream sent it
+                flow.response = http.Response.make(
+                    resp.status_code, resp.content, self._headers(call, conf, upstream_headers)
+                )
+            else:
+                upstream_headers.pop("content-type", None)
+                flow.response = from_provider_error(err, self._headers(call, conf, upstream_headers))
+            return
+
+        if up.stream:
+            self._relay(flow, call, conf, resp, upstream_headers, timeouts)
+            return
+
+        call.upstream_ended = now()
+        try:
+            reply = provider.parse_response(spec, resp.status_code, dict(resp.headers), resp.content)
+        except ProviderError:
+            call.error_source = "upstream"
+            raise
+        call.usage = reply.usage
+        call.response_model = reply.model
+        call.finish_reason = _finish_reason(reply.data)
+        if call.log_payloads:
+            call.response_payload = reply.data
+        if not preserve:
+            upstream_headers["content-type"] = "application/json"
+        flow.response = http.Response.make(
+            resp.status_code, reply.body, self._headers(call, conf, upstream_headers)
+        )
+
+    def _relay(
+        self,
+        flow: http.HTTPFlow,
+        call: Call,
+        conf: AIProxyConfig,
+        resp: Any,
+        upstream_headers: dict[str, str],
+        timeouts: Timeouts,
+    ) -> None:
+        assert call.provider is not None and call.spec is not None
+        call.translator = call.provider.stream_translator(call.spec)
+        url = call.upstream_url or ""
+
+        def on_end(exc: BaseException | None) -> None:
+            call.upstream_ended = now()
+            if exc is None:
+                return
+            if isinstance(exc, ConnectionError):
+                call.client_aborted = True
+            else:
+                call.stream_error = upstream_failure(exc, url, timeouts)
+                call.fail(call.stream_error, "upstream")
+
+        headers = self._headers(call, conf, upstream_headers)
+        if call.spec.route_type is not RouteType.PRESERVE:
+            headers["content-type"] = "text/event-stream"
+            headers.setdefault("cache-control", "no-cache")
+        headers[RELAY_MARK] = "1"
+        relay = self.gw.upstream.relay
+        token = relay.register(
+            resp.status_code, list(headers.items()), resp.aiter_bytes(), resp.aclose, on_end
+        )
+        call.relay_token = token
+        call.client_request = (flow.request.url, flow.request.headers.copy(), flow.request.raw_content)
+        flow.request.url = relay.url(token)
+        flow.request.headers = http.Headers(host=f"127.0.0.1:{relay.port}", content_length="0")
+        flow.request.raw_content = b""
+
+    # ------------------------------------------------------------------ answers
+
+    def _headers(self, call: Call, conf: AIProxyConfig, base: dict[str, str]) -> dict[str, str]:
+        headers = dict(base)
+        upstream = (call.upstream_ended or call.upstream_headers or now()) - (
+            call.upstream_started or now()
+        )
+        total = now() - call.started_at
+        headers["x-llmitm-upstream-latency"] = str(_ms(upstream))
+        headers["x-llmitm-proxy-latency"] = str(_ms(total - upstream))
+        if conf.model_name_header and call.provider is not None:
+            model = call.response_model or call.request_model
+            if model:
+                headers["x-llm-model"] = f"{call.provider.name}/{model}"
+        return headers
+
+    def _reply_error(self, flow: http.HTTPFlow, call: Call, err: ProviderError, source: str) -> None:
+        call.fail(err, source)
+        flow.response = from_provider_error(err)
+
+
+def _too_large(size: int, conf: AIProxyConfig) -> ProviderError:
+    return ProviderError(
+        413,
+        f"request body of {size} bytes exceeds max_request_body_size "
+        f"({conf.max_request_body_size} bytes)",
+        "invalid_request_error",
+        "request_too_large",
+    )
+
+
+def _finish_reason(data: dict[str, Any]) -> str | None:
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0].get("finish_reason")
+    return None
+
+
+def _set_body_param(body: bytes, name: str, value: str, allow_override: bool) -> bytes:
+    import json
+
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(data, dict) and (name not in data or not allow_override):
+        data[name] = value
+        return json.dumps(data).encode()
+    return body

@@ -1,0 +1,117 @@
+"""Per-call state shared by the gateway's addons, and the context a call carries.
+
+mitmproxy's `flow.metadata` must stay serializable, so the live state of a call (its
+route, translator, timings) lives in a `Call` object kept in a weak mapping keyed by the
+flow: it disappears with the flow even if a hook never ran.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from providers.base import ProviderError, Usage
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+    from addons.config.model import GatewayConfig, Route
+    from addons.routing import Match
+    from providers.base import CallSpec, Provider, StreamTranslator
+
+# Headers whose values name the caller's user, session and so on (the seeds' set).
+CONTEXT_HEADERS = {
+    "x-user-id": "user_id",
+    "x-session-id": "session_id",
+    "x-chat-id": "chat_id",
+    "x-message-id": "message_id",
+    "x-organization-id": "organization_id",
+    "x-project-id": "project_id",
+}
+
+
+@dataclass(eq=False, slots=True)
+class Call:
+    config: GatewayConfig
+    route: Route | None
+    match: Match | None
+    started_at: float  # epoch seconds, when the request began
+    client_ip: str = ""
+    # ai-proxy
+    provider: Provider | None = None
+    spec: CallSpec | None = None
+    request_model: str | None = None
+    response_model: str | None = None
+    request_payload: Any = None
+    response_payload: Any = None
+    upstream_url: str | None = None
+    stream: bool = False
+    translator: StreamTranslator | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    log_payloads: bool = False
+    log_statistics: bool = True
+    context: dict[str, Any] = field(default_factory=dict)
+    # timings (epoch seconds)
+    upstream_started: float | None = None
+    upstream_headers: float | None = None
+    upstream_ended: float | None = None
+    first_token: float | None = None
+    # outcome
+    upstream_status: int | None = None
+    error: ProviderError | None = None
+    error_source: str | None = None  # "gateway", "upstream" or "client"
+    # set when an upstream stream broke off after it started
+    stream_error: ProviderError | None = None
+    client_aborted: bool = False
+    bytes_out: int = 0  # body bytes streamed to the client
+    relay_token: str | None = None
+    # the client's request (url, headers, body) while the flow points at the relay
+    client_request: tuple[str, Any, bytes | None] | None = None
+
+    def fail(self, err: ProviderError, source: str) -> None:
+        if self.error is None:
+            self.error, self.error_source = err, source
+
+
+class Calls:
+    """flow -> Call, without keeping flows alive."""
+
+    def __init__(self) -> None:
+        self._calls: weakref.WeakKeyDictionary[http.HTTPFlow, Call] = weakref.WeakKeyDictionary()
+
+    def get(self, flow: http.HTTPFlow) -> Call | None:
+        return self._calls.get(flow)
+
+    def put(self, flow: http.HTTPFlow, call: Call) -> None:
+        self._calls[flow] = call
+
+    def pop(self, flow: http.HTTPFlow) -> Call | None:
+        return self._calls.pop(flow, None)
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+
+def read_context(headers: Any, body: Any) -> dict[str, Any]:
+    """User, session, chat, message, organization and project ids, from the context
+    headers and from a `metadata` object in the body (headers win)."""
+    ctx: dict[str, Any] = {}
+    meta = body.get("metadata") if isinstance(body, dict) else None
+    if isinstance(meta, dict):
+        for key in CONTEXT_HEADERS.values():
+            value = meta.get(key)
+            if isinstance(value, (str, int)) and value != "":
+                ctx[key] = str(value)
+        ctx["metadata"] = meta
+    for header, key in CONTEXT_HEADERS.items():
+        value = headers.get(header)
+        if value:
+            ctx[key] = value
+    return ctx
+
+
+def now() -> float:
+    return time.time()

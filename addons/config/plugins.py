@@ -1,0 +1,77 @@
+"""The config block of every plugin llmitm knows, with Kong's field names.
+
+A plugin is registered here by name; its `config` is validated by the model below. An
+unknown plugin name or config field is a load error that names it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+import providers
+from providers.base import RouteType
+from providers.options import AuthConfig, ModelConfig, Strict
+
+
+class LoggingConfig(Strict):
+    log_statistics: bool = Field(
+        True,
+        description="Put token usage, cost and timings in the call record. Kong's default is "
+        "false; llmitm's is true, since usage is what the exporters are for.",
+    )
+    log_payloads: bool = Field(
+        False, description="Put the request and response bodies in the call record."
+    )
+
+
+class AIProxyConfig(Strict):
+    """Kong's ai-proxy: translate OpenAI-format requests for the configured provider."""
+
+    route_type: RouteType
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    model: ModelConfig
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    response_streaming: Literal["allow", "deny", "always"] = "allow"
+    max_request_body_size: int = Field(
+        10 * 1024 * 1024,
+        gt=0,
+        description="Largest request body (bytes) the gateway reads; larger ones get 413. "
+        "Kong's default is 8 KiB, too small for chats with history or images.",
+    )
+    model_name_header: bool = Field(True, description="Send X-LLM-Model: provider/model.")
+
+    @field_validator("model")
+    @classmethod
+    def _known_provider(cls, model: ModelConfig) -> ModelConfig:
+        if model.provider not in providers.registry():
+            known = ", ".join(providers.registry())
+            raise ValueError(f"unknown provider {model.provider!r} (expected one of: {known})")
+        return model
+
+    @model_validator(mode="after")
+    def _provider_accepts(self) -> AIProxyConfig:
+        errors = providers.get(self.model.provider).config_errors(self.model, self.route_type)
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+
+class FileLogConfig(Strict):
+    """Kong's file-log: one JSON call record per line, appended to `path`."""
+
+    path: str = Field(description="File the records are appended to (created if missing).")
+    reopen: bool = Field(
+        False, description="Reopen the file for every batch (for external log rotation)."
+    )
+
+
+#: plugin name -> model of its `config` block
+PLUGIN_CONFIGS: dict[str, type[Strict]] = {
+    "ai-proxy": AIProxyConfig,
+    "file-log": FileLogConfig,
+}
+
+#: plugins that receive finished call records
+LOG_PLUGINS = frozenset({"file-log"})

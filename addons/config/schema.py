@@ -1,0 +1,139 @@
+"""The config file: a subset of Kong's declarative (decK) format.
+
+`services` (each with nested `routes` and `plugins`), top-level `routes` and `plugins`
+that name their service or route, and `_format_version`. Models here describe the
+file; `addons.config.model` holds the compiled form the gateway runs on.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, create_model, field_validator, model_validator
+
+from addons.config.plugins import PLUGIN_CONFIGS
+from providers.options import Strict
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
+
+
+class PluginCommon(Strict):
+    enabled: bool = True
+    instance_name: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    protocols: list[Literal["http", "https", "grpc", "grpcs"]] | None = None
+    # Only for top-level plugins: the scope they attach to (by name).
+    service: str | None = None
+    route: str | None = None
+
+
+def _plugin_entry(name: str, config: type[Strict]) -> type[PluginCommon]:
+    return create_model(
+        f"Plugin_{name.replace('-', '_')}",
+        __base__=PluginCommon,
+        name=(Literal[name], ...),  # type: ignore[valid-type]
+        config=(config, ...),
+    )
+
+
+_ENTRIES = tuple(_plugin_entry(n, c) for n, c in PLUGIN_CONFIGS.items())
+PluginEntry = Annotated[Union[_ENTRIES], Field(discriminator="name")]  # type: ignore[valid-type]
+
+
+def _check_path(path: str) -> str:
+    if path.startswith("~"):
+        try:
+            re.compile(path[1:])
+        except re.error as e:
+            raise ValueError(f"invalid regex path {path!r}: {e}") from None
+    elif not path.startswith("/"):
+        raise ValueError(f"path {path!r} must start with '/' (or '~' for a regex)")
+    return path
+
+
+class RouteFile(Strict):
+    name: str | None = None
+    paths: list[str] = Field(default_factory=list)
+    hosts: list[str] = Field(default_factory=list)
+    methods: list[str] = Field(default_factory=list)
+    headers: dict[str, list[str]] = Field(default_factory=dict)
+    strip_path: bool = True
+    preserve_host: bool = False
+    regex_priority: int = 0
+    protocols: list[Literal["http", "https"]] = Field(default_factory=lambda: ["http", "https"])
+    tags: list[str] = Field(default_factory=list)
+    plugins: list[PluginEntry] = Field(default_factory=list)  # type: ignore[valid-type]
+    # Only for top-level routes: the service they belong to.
+    service: str | dict[str, str] | None = None
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, paths: list[str]) -> list[str]:
+        return [_check_path(p) for p in paths]
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list[str]) -> list[str]:
+        upper = [m.upper() for m in methods]
+        for m in upper:
+            if m not in HTTP_METHODS:
+                raise ValueError(f"unknown HTTP method {m!r}")
+        return upper
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> RouteFile:
+        if not (self.paths or self.hosts or self.methods or self.headers):
+            raise ValueError("a route needs at least one of paths, hosts, methods, headers")
+        return self
+
+
+class ServiceFile(Strict):
+    name: str | None = None
+    url: str | None = None
+    protocol: Literal["http", "https"] | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    path: str | None = None
+    connect_timeout: int = Field(60_000, gt=0, description="Upstream connect timeout (ms).")
+    write_timeout: int = Field(60_000, gt=0, description="Upstream write timeout (ms).")
+    read_timeout: int = Field(
+        60_000, gt=0, description="Longest wait for upstream bytes (ms); exceeding it is a 504."
+    )
+    retries: int = Field(5, ge=0)
+    enabled: bool = True
+    tags: list[str] = Field(default_factory=list)
+    routes: list[RouteFile] = Field(default_factory=list)
+    plugins: list[PluginEntry] = Field(default_factory=list)  # type: ignore[valid-type]
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/]+", url):
+            raise ValueError(f"url {url!r} must be an http:// or https:// URL")
+        return url
+
+
+class ConfigFile(Strict):
+    """An llmitm config file (Kong declarative format subset)."""
+
+    format_version: Literal["1.1", "2.1", "3.0"] = Field("3.0", alias="_format_version")
+    transform: bool | None = Field(None, alias="_transform")
+    services: list[ServiceFile] = Field(default_factory=list)
+    routes: list[RouteFile] = Field(default_factory=list)
+    plugins: list[PluginEntry] = Field(default_factory=list)  # type: ignore[valid-type]
+
+    model_config = Strict.model_config | {"populate_by_name": True}
+
+    @field_validator("format_version", mode="before")
+    @classmethod
+    def _version_str(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, (int, float)) else value
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file, for editors (shipped in configs/)."""
+    schema = ConfigFile.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "llmitm config"
+    return schema

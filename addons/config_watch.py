@@ -1,0 +1,105 @@
+"""The `llmitm_config` option: load the config file, and reload it when it changes.
+
+A bad file at startup is logged as an error, which makes mitmdump exit with status 1
+(its startup error check). A bad edit while running is logged and the last good config
+keeps serving; flows in flight finish on the config they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from mitmproxy import ctx, exceptions
+
+from addons.config import ConfigError, load_file
+from addons.state import Gateway
+
+log = logging.getLogger("llmitm")
+
+POLL_SECONDS = 1.0
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class ConfigWatch:
+    name = "llmitm-config"
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.path = ""
+        self._stamp: tuple[int, int, int] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._running = False
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "llmitm_config", str, "", "Path of the llmitm gateway config file (YAML)."
+        )
+        loader.add_option(
+            "llmitm_config_reload", bool, True, "Reload the config file when it changes."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if not ctx.options.keep_host_header:
+            # Routes match on the client's Host; reverse mode would otherwise replace it
+            # with the placeholder target, which ai-proxy routes never contact.
+            ctx.options.keep_host_header = True
+        if "llmitm_config" not in updated:
+            return
+        path = ctx.options.llmitm_config
+        self.path = path
+        if not path:
+            log.warning("llmitm: no config (set --set llmitm_config=FILE); no routes are served")
+            return
+        if self._running:
+            # Changed from mitmweb's options while running: load off the event loop.
+            asyncio.get_running_loop().create_task(self._reload(force=True))
+            return
+        try:
+            config = load_file(path)
+        except ConfigError as e:
+            if self.gw.config is None:
+                log.error("llmitm: %s", e)
+                return
+            raise exceptions.OptionsError(str(e)) from None
+        self._stamp = _stamp(path)
+        self.gw.apply(config)
+        log.info("llmitm: loaded %s (%d routes)", path, len(config.routes))
+
+    def running(self) -> None:
+        self._running = True
+        if ctx.options.llmitm_config_reload and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    def done(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            if self.path and _stamp(self.path) != self._stamp:
+                await self._reload()
+
+    async def _reload(self, force: bool = False) -> None:
+        path = self.path
+        stamp = _stamp(path)
+        if not force and stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            config = await asyncio.to_thread(load_file, path)
+        except ConfigError as e:
+            log.error("llmitm: keeping the last good config: %s", e)
+            return
+        self.gw.apply(config)
+        log.info("llmitm: reloaded %s (%d routes)", path, len(config.routes))

@@ -1,0 +1,80 @@
+"""llmitm: an LLM gateway as a suite of mitmproxy addons.
+
+    mitmdump -s addons/gateway.py --set llmitm_config=configs/quickstart.yaml \\
+        --mode reverse:http://127.0.0.1:9@127.0.0.1:8000 --set connection_strategy=lazy
+
+The chain, in the order mitmproxy calls it for each flow:
+
+    ConfigWatch   loads llmitm_config and reloads it on change
+    Router        matches the route (Kong semantics); 404 when none in reverse mode
+    AIProxy       ai-proxy routes: translate, call the provider, stream back
+    ServiceProxy  other routes: proxy to the service url
+    Recorder      one call record per call, to the route's log plugins
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from mitmproxy import ctx
+
+try:
+    import addons.state  # noqa: F401  (installed with `pip install -e .`)
+except ImportError:  # run from a checkout without installing: use the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from addons.ai_proxy import AIProxy  # noqa: E402
+from addons.config_watch import ConfigWatch  # noqa: E402
+from addons.recorder import Recorder  # noqa: E402
+from addons.router import Router, ServiceProxy  # noqa: E402
+from addons.state import Gateway  # noqa: E402
+
+
+def chain(gateway: Gateway) -> list[object]:
+    return [
+        ConfigWatch(gateway),
+        Router(gateway),
+        AIProxy(gateway),
+        ServiceProxy(gateway),
+        Recorder(gateway),
+        Lifecycle(gateway),
+    ]
+
+
+class Lifecycle:
+    """Starts the shared upstream client and, at shutdown, drains the exporters."""
+
+    name = "llmitm-lifecycle"
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    def running(self) -> None:
+        asyncio.get_running_loop().create_task(self.gw.upstream.start())
+
+    def done(self):  # noqa: ANN201 - plain def: mitmproxy calls it from sync contexts too
+        # At process shutdown mitmproxy awaits what `done` returns; when only this
+        # script is unloaded (a reload), it cannot, so the flush runs as a task.
+        async def close() -> None:
+            await self.gw.exporters.aclose()
+            await self.gw.upstream.stop()
+
+        try:
+            shutting_down = ctx.master.should_exit.is_set()
+            loop = asyncio.get_running_loop()
+        except (AttributeError, RuntimeError):
+            return None
+        if shutting_down:
+            return close()
+        loop.create_task(close())
+        return None
+
+
+# httpx logs every request at INFO; the gateway's own log lines say what matters.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+gateway = Gateway()
+addons = chain(gateway)

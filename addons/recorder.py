@@ -1,0 +1,225 @@
+"""Turns every finished call into a call record and hands it to the route's log plugins.
+
+Runs in `response` and in `error` (a client that leaves mid-stream fires only
+`error`), so every call yields exactly one record. Building it is cheap and sending it
+is a queue append: nothing here waits on I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from mitmproxy import http
+
+from addons.calls import Call, now
+from addons.state import Gateway
+from exporters.ids import uuid7
+from exporters.record import AIInfo, CallRecord
+from providers.base import (
+    RouteType,
+    Usage,
+    estimate_tokens,
+    text_of_messages,
+)
+
+log = logging.getLogger("llmitm")
+
+REDACTED = "[REDACTED]"
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "apikey",
+        "x-goog-api-key",
+        "cookie",
+        "set-cookie",
+    }
+)
+SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "access_token", "token", "sig"})
+
+
+def redact_headers(headers: http.Headers, secrets: frozenset[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        low = name.lower()
+        if low in SECRET_HEADERS or any(s and s in value for s in secrets):
+            value = REDACTED
+        out[low] = value
+    return out
+
+
+def redact_url(url: str, secrets: frozenset[str] = frozenset()) -> str:
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    pairs = [
+        (k, REDACTED if k.lower() in SECRET_PARAMS or v in secrets else v)
+        for k, v in parse_qsl(query, keep_blank_values=True)
+    ]
+    return f"{base}?{urlencode(pairs, safe='[]')}"
+
+
+def _estimate(call: Call, response: dict[str, Any] | None) -> Usage | None:
+    """Count tokens ourselves when the provider reported none (marked estimated)."""
+    spec = call.spec
+    if spec is None or spec.route_type is RouteType.PRESERVE:
+        return None
+    body = spec.body
+    if spec.route_type is RouteType.CHAT:
+        prompt = text_of_messages(body.get("messages"))
+    elif spec.route_type is RouteType.COMPLETIONS:
+        prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else str(body.get("prompt"))
+    else:
+        inputs = body.get("input")
+        prompt = inputs if isinstance(inputs, str) else " ".join(map(str, inputs or ()))
+    completion = ""
+    for choice in (response or {}).get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            completion += text_of_messages([message]) if isinstance(message, dict) else ""
+            completion += choice.get("text") or ""
+    return Usage(estimate_tokens(prompt), estimate_tokens(completion), estimated=True)
+
+
+def _ms(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return round((b - a) * 1000, 3)
+
+
+def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
+    end = now()
+    req = flow.request
+    resp = flow.response
+    secrets = call.config.secrets
+
+    if call.client_aborted:
+        status = "client_aborted"
+    elif call.error is not None or flow.error is not None or (resp and resp.status_code >= 400):
+        status = "error"
+    else:
+        status = "ok"
+
+    error = None
+    if call.error is not None:
+        error = {
+            "status": call.error.status,
+            "type": call.error.type,
+            "code": call.error.code,
+            "message": call.error.message,
+            "source": call.error_source,
+        }
+    elif flow.error is not None:
+        source = "client" if call.client_aborted else "proxy"
+        error = {"status": None, "type": "connection_error", "code": None, "message": flow.error.msg, "source": source}
+
+    upstream_ms = _ms(call.upstream_started, call.upstream_ended)
+    total_ms = _ms(call.started_at, end)
+    if upstream_ms is None and call.provider is None and resp is not None and resp.timestamp_start:
+        # a plain proxied route: mitmproxy did the upstream I/O
+        upstream_ms = _ms(req.timestamp_end, resp.timestamp_end)
+    latencies = {
+        "request": total_ms,
+        "proxy": upstream_ms,
+        "gateway": round(total_ms - upstream_ms, 3) if total_ms is not None and upstream_ms is not None else total_ms,
+        "time_to_first_token": _ms(call.started_at, call.first_token),
+    }
+
+    ai = None
+    if call.provider is not None and call.spec is not None:
+        translator = call.translator
+        response_data = translator.assembled() if translator is not None else None
+        usage = call.usage or (translator.usage if translator is not None else None)
+        response_model = call.response_model or (response_data or {}).get("model")
+        finish = call.finish_reason
+        if finish is None and response_data:
+            choices = response_data.get("choices") or [{}]
+            finish = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
+        if usage is None and status != "error":
+            usage = _estimate(call, response_data)
+        ai = AIInfo(
+            provider=call.provider.name,
+            route_type=str(call.spec.route_type),
+            request_model=call.request_model,
+            response_model=response_model,
+            stream=call.stream,
+            upstream_url=redact_url(call.upstream_url, secrets) if call.upstream_url else None,
+            usage=usage,
+            cost=usage.cost(call.spec.options) if usage else None,
+            finish_reason=finish,
+            time_to_first_token_ms=latencies["time_to_first_token"],
+            llm_latency_ms=upstream_ms,
+            log_statistics=call.log_statistics,
+        )
+        if call.log_payloads:
+            ai.request_payload = call.request_payload
+            ai.response_payload = call.response_payload if call.response_payload is not None else response_data
+
+    return CallRecord(
+        id=uuid7(call.started_at),
+        started_at=call.started_at,
+        ended_at=end,
+        status=status,
+        client_ip=call.client_ip,
+        route=call.route.name if call.route else None,
+        service=call.route.service.name if call.route and call.route.service else None,
+        request={
+            "method": req.method,
+            "uri": redact_url(req.path, secrets),
+            "size": len(req.raw_content or b""),
+            "headers": redact_headers(req.headers, secrets),
+        },
+        response={
+            "status": resp.status_code if resp is not None else None,
+            "size": call.bytes_out if call.translator is not None else (
+                len(resp.raw_content or b"") if resp is not None else None
+            ),
+        },
+        latencies=latencies,
+        upstream={
+            "url": redact_url(call.upstream_url, secrets),
+            "status": call.upstream_status,
+        }
+        if call.upstream_url
+        else None,
+        ai=ai,
+        context=call.context,
+        error=error,
+    )
+
+
+class Recorder:
+    name = "llmitm-recorder"
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        call = self.gw.calls.get(flow)
+        if call is not None:
+            if call.relay_token is not None:
+                self.gw.upstream.relay.abort(call.relay_token)
+            msg = flow.error.msg.lower() if flow.error else ""
+            if "client" in msg or call.relay_token is not None:
+                call.client_aborted = True
+        self._finish(flow)
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        call = self.gw.calls.pop(flow)
+        if call is None:
+            return
+        try:
+            record = build_record(call, flow)
+        except Exception:
+            log.exception("llmitm: could not build the call record")
+            return
+        self.gw.exporters.export(record, call.route, call.config)
+        flow.metadata["llmitm.record_id"] = record.id
+        flow.metadata["llmitm.status"] = record.status

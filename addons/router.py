@@ -1,0 +1,70 @@
+"""The addons that route: each request gets its route and its Call, or a 404.
+
+Matching itself is `addons.routing.RouteTable` (pure, Kong's rules)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ReverseMode
+
+from addons.calls import Call, now
+from addons.errors import error_response
+
+
+class Router:
+    """Gives each request its route (or a 404 in reverse mode) and opens its Call."""
+
+    name = "llmitm-router"
+
+    def __init__(self, gateway: Any) -> None:
+        self.gw = gateway
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        config = self.gw.config
+        if config is None or flow.response is not None:
+            return
+        req = flow.request
+        host = req.host_header or req.pretty_host
+        match = config.table.match(req.method, host, req.path, req.headers)
+        peer = flow.client_conn.peername
+        call = Call(
+            config=config,
+            route=match.route if match else None,
+            match=match,
+            started_at=req.timestamp_start or now(),
+            client_ip=peer[0] if peer else "",
+        )
+        if match is None:
+            if not isinstance(flow.client_conn.proxy_mode, ReverseMode):
+                return  # forward mode: not ours to route
+            flow.response = error_response(
+                404, "no Route matched with those values", code="route_not_found"
+            )
+        self.gw.calls.put(flow, call)
+        flow.metadata["llmitm.route"] = match.route.name if match else None
+
+
+class ServiceProxy:
+    """Routes without ai-proxy are proxied to their service's url, as in Kong."""
+
+    name = "llmitm-service-proxy"
+
+    def __init__(self, gateway: Any) -> None:
+        self.gw = gateway
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        call = self.gw.calls.get(flow)
+        if call is None or call.route is None or flow.response is not None:
+            return
+        route = call.route
+        if "ai-proxy" in route.plugins or route.service is None or not route.service.url:
+            return
+        assert call.match is not None
+        base = route.service.url.rstrip("/")
+        query = flow.request.path.partition("?")[2]
+        host_header = flow.request.host_header
+        flow.request.url = base + call.match.upstream_path + (f"?{query}" if query else "")
+        if route.preserve_host and host_header:
+            flow.request.host_header = host_header

@@ -1,0 +1,22 @@
+"""What the gateway's addons share: the current config, live calls, the upstream client
+and the exporters. `addons/gateway.py` creates one and hands it to every addon."""
+
+from __future__ import annotations
+
+from addons.calls import Calls
+from addons.config.model import GatewayConfig
+from addons.exporting import Exporters
+from addons.upstream import Upstream
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self.config: GatewayConfig | None = None
+        self.calls = Calls()
+        self.upstream = Upstream()
+        self.exporters = Exporters()
+
+    def apply(self, config: GatewayConfig) -> None:
+        """Swap in a new config; calls in flight keep the one they started with."""
+        self.exporters.reconcile(config)
+        self.config = config

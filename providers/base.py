@@ -1,0 +1,322 @@
+"""Types every provider adapter shares.
+
+Pure code: nothing here imports mitmproxy or does I/O, so an adapter can be read and
+tested on its own. The client side of the gateway always speaks OpenAI's formats; an
+adapter turns an OpenAI-format request into its provider's native request, and the
+provider's native answer (whole or streamed) back into OpenAI's format.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from providers.options import ModelOptions
+
+
+class RouteType(enum.StrEnum):
+    """Kong's `route_type`: which OpenAI operation a route serves."""
+
+    CHAT = "llm/v1/chat"
+    COMPLETIONS = "llm/v1/completions"
+    EMBEDDINGS = "llm/v1/embeddings"
+    PRESERVE = "preserve"
+
+
+@dataclass(slots=True)
+class Usage:
+    """One normalized token usage for every provider.
+
+    `prompt_tokens` counts every input token, cached ones included (OpenAI's meaning);
+    adapters whose provider reports cached input separately add it in. `estimated` is
+    True when the provider reported nothing and the gateway counted by itself: a
+    usage is never a silent zero.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def cost(self, options: ModelOptions) -> float | None:
+        """Cost of the call from the per-1M-token prices of `options`, or None if unpriced."""
+        if options.input_cost is None and options.output_cost is None:
+            return None
+        fresh_input = self.prompt_tokens - self.cache_read_tokens - self.cache_write_tokens
+        input_cost = options.input_cost or 0.0
+        cache_read = options.cache_read_cost if options.cache_read_cost is not None else input_cost
+        cache_write = (
+            options.cache_write_cost if options.cache_write_cost is not None else input_cost
+        )
+        total = (
+            max(fresh_input, 0) * input_cost
+            + self.cache_read_tokens * cache_read
+            + self.cache_write_tokens * cache_write
+            + self.completion_tokens * (options.output_cost or 0.0)
+        )
+        return round(total / 1_000_000, 10)
+
+    def to_openai(self) -> dict[str, Any]:
+        """The `usage` object of an OpenAI response."""
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cache_read_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cache_read_tokens}
+        if self.reasoning_tokens:
+            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return out
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """The native request an adapter wants sent to its provider."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    stream: bool = False
+
+
+@dataclass(slots=True)
+class Reply:
+    """A whole (non-streamed) answer, translated to OpenAI's format.
+
+    `body` is what the client receives; `data` is the same answer as a dict, kept for
+    the call record (payload, finish reason, response model).
+    """
+
+    body: bytes
+    data: dict[str, Any]
+    usage: Usage | None
+    model: str | None
+
+
+class ProviderError(Exception):
+    """An error that reaches the client in OpenAI's error shape.
+
+    Raised by adapters for upstream errors (keeping the upstream's status and message)
+    and for answers that cannot be translated (502, naming what was missing).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "api_error",
+        code: str | int | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def body(self) -> bytes:
+        return json.dumps(self.to_openai()).encode()
+
+
+@dataclass(slots=True)
+class CallSpec:
+    """Everything an adapter needs to build one upstream request.
+
+    `body` is the client's OpenAI-format request after the gateway's model rules and
+    option defaults were applied; adapters must not mutate it.
+    """
+
+    route_type: RouteType
+    body: dict[str, Any]
+    model: str | None
+    options: ModelOptions
+    stream: bool
+    # The client asked for a usage chunk at the end of the stream.
+    client_wants_usage: bool = False
+    # For `preserve` routes: the path and query the client sent (after strip_path).
+    path: str = "/"
+    query: str = ""
+    method: str = "POST"
+    raw_body: bytes = b""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamTranslator(Protocol):
+    """Turns a provider's streamed bytes into OpenAI SSE bytes, incrementally.
+
+    `feed` is called with chunks cut at arbitrary byte boundaries and returns the bytes
+    to forward now (possibly none); `finish` is called once at the end. Neither may raise
+    on bad upstream data: they report it in `error` and emit an error event instead.
+    """
+
+    usage: Usage | None
+    error: ProviderError | None
+    # True once a chunk carrying content (text, tool call, reasoning) was emitted.
+    started: bool
+
+    def feed(self, data: bytes) -> list[bytes]: ...
+
+    def finish(self, error: ProviderError | None = None) -> list[bytes]: ...
+
+    def assembled(self) -> dict[str, Any]:
+        """The whole answer as one OpenAI response object (for the call record)."""
+        ...
+
+
+def join_url(upstream_url: str | None, default_base: str, path: str) -> str:
+    """Kong's rule for `upstream_url`: a bare origin keeps the provider's standard path,
+    a URL with a path is used as written."""
+    if not upstream_url:
+        return default_base.rstrip("/") + path
+    parts = urlsplit(upstream_url)
+    if parts.path in ("", "/"):
+        return f"{parts.scheme}://{parts.netloc}{path}" + (f"?{parts.query}" if parts.query else "")
+    return upstream_url
+
+
+def estimate_tokens(text: str) -> int:
+    """A provider-neutral token estimate (about four characters per token)."""
+    if not text:
+        return 0
+    return max(1, (len(text) + 3) // 4)
+
+
+def text_of_messages(messages: Any) -> str:
+    """All text of an OpenAI `messages` list, for estimates and guards."""
+    parts: list[str] = []
+    if not isinstance(messages, list):
+        return ""
+    for m in messages:
+        if not isinstance(m, dict):
+            continue
+        content = m.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            for p in content:
+                if isinstance(p, dict) and isinstance(p.get("text"), str):
+                    parts.append(p["text"])
+        for call in m.get("tool_calls") or ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict):
+                parts.append(str(fn.get("name", "")))
+                parts.append(str(fn.get("arguments", "")))
+    return "\n".join(parts)
+
+
+class Provider:
+    """One upstream API format. Subclasses live one per module in `providers/`.
+
+    Every method is pure: the gateway does the I/O and hands the bytes in.
+    """
+
+    name: str = ""
+    default_base_url: str = ""
+    route_types: frozenset[RouteType] = frozenset({RouteType.PRESERVE})
+    # Header names that carry this provider's credentials (redacted, never forwarded
+    # from the client when the route configures its own auth).
+    auth_headers: tuple[str, ...] = ("authorization",)
+
+    def config_errors(self, model: Any, route_type: RouteType) -> list[str]:
+        """Problems with a route's `model` block for this provider (checked at load)."""
+        if route_type not in self.route_types:
+            served = ", ".join(sorted(self.route_types))
+            return [
+                f"provider {self.name!r} cannot serve route_type {str(route_type)!r} "
+                f"(it serves: {served})"
+            ]
+        return []
+
+    def build_request(self, spec: CallSpec) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def parse_response(
+        self, spec: CallSpec, status: int, headers: dict[str, str], body: bytes
+    ) -> Reply:
+        raise NotImplementedError
+
+    def parse_error(self, status: int, headers: dict[str, str], body: bytes) -> ProviderError:
+        return generic_error(self.name, status, headers, body)
+
+    def stream_translator(self, spec: CallSpec) -> StreamTranslator:
+        raise NotImplementedError
+
+    def usage_from(self, data: dict[str, Any]) -> Usage | None:
+        """Usage of a native response object, for observed and preserved calls."""
+        return None
+
+
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type_for(status: int) -> str:
+    return _STATUS_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def generic_error(provider: str, status: int, headers: dict[str, str], body: bytes) -> ProviderError:
+    """An upstream error body of unknown or non-JSON shape, kept as readable as possible."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        data = None
+    message: str | None = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            message = err.get("message") or json.dumps(err)
+        elif isinstance(err, str):
+            message = err
+        elif isinstance(data.get("message"), str):
+            message = data["message"]
+        elif isinstance(data.get("detail"), str):
+            message = data["detail"]
+    if message is None:
+        if text.startswith("<"):
+            message = f"{provider} upstream returned an HTML error page (HTTP {status})"
+        elif text:
+            message = text[:500]
+        else:
+            message = f"{provider} upstream returned HTTP {status} with an empty body"
+    return ProviderError(status, message, error_type_for(status))
+
+
+def preserve_url(spec: CallSpec, default_base: str) -> str:
+    """Where a `preserve` route sends the client's request: the upstream_url (or the
+    provider's base) followed by `upstream_path` or else the client's own path, after
+    the route's strip_path."""
+    base = (spec.options.upstream_url or default_base).rstrip("/")
+    path = spec.options.upstream_path or spec.path or "/"
+    return base + path + (f"?{spec.query}" if spec.query else "")

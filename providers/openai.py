@@ -1,0 +1,273 @@
+"""OpenAI and every host that speaks its API (`upstream_url` points elsewhere).
+
+The client format is already OpenAI's, so requests pass with the model rules applied,
+and answers pass through byte for byte. The stream translator observes the SSE events
+(usage, time to first token, the assembled answer for the record) and removes the
+usage chunk the gateway asked for when the client did not.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from providers import sse
+from providers.base import (
+    CallSpec,
+    Provider,
+    ProviderError,
+    Reply,
+    RouteType,
+    UpstreamRequest,
+    Usage,
+    generic_error,
+    join_url,
+    preserve_url,
+)
+
+PATHS = {
+    RouteType.CHAT: "/v1/chat/completions",
+    RouteType.COMPLETIONS: "/v1/completions",
+    RouteType.EMBEDDINGS: "/v1/embeddings",
+}
+
+# What a valid answer must contain, per route type.
+_REQUIRED = {
+    RouteType.CHAT: "choices",
+    RouteType.COMPLETIONS: "choices",
+    RouteType.EMBEDDINGS: "data",
+}
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def usage_from_openai(u: Any) -> Usage | None:
+    """OpenAI's `usage` object (prompt tokens include cached ones) as a normalized Usage."""
+    if not isinstance(u, dict):
+        return None
+    prompt_details = u.get("prompt_tokens_details") or {}
+    completion_details = u.get("completion_tokens_details") or {}
+    usage = Usage(
+        prompt_tokens=_int(u.get("prompt_tokens")),
+        completion_tokens=_int(u.get("completion_tokens")),
+        cache_read_tokens=_int(prompt_details.get("cached_tokens"))
+        if isinstance(prompt_details, dict)
+        else 0,
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens"))
+        if isinstance(completion_details, dict)
+        else 0,
+    )
+    if usage.prompt_tokens == 0 and usage.completion_tokens == 0:
+        total = _int(u.get("total_tokens"))
+        if total:
+            usage.prompt_tokens = total  # embeddings report prompt and total only
+    return usage
+
+
+class OpenAIStream:
+    """Pass OpenAI SSE through while watching it."""
+
+    def __init__(self, spec: CallSpec) -> None:
+        self._dec = sse.SSEDecoder()
+        self._wants_usage = spec.client_wants_usage
+        self._completions = spec.route_type is RouteType.COMPLETIONS
+        self.usage: Usage | None = None
+        self.error: ProviderError | None = None
+        self.started = False
+        self._head: dict[str, Any] = {}
+        self._choices: dict[int, dict[str, Any]] = {}
+
+    def feed(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        for ev in self._dec.feed(data):
+            self._handle(ev, out)
+        return out
+
+    def finish(self, error: ProviderError | None = None) -> list[bytes]:
+        out: list[bytes] = []
+        for ev in self._dec.flush():
+            self._handle(ev, out)
+        if error is not None:
+            self.error = error
+            out.append(sse.encode(error.to_openai()))
+        out.append(sse.DONE)
+        return out
+
+    def _handle(self, ev: sse.SSEEvent, out: list[bytes]) -> None:
+        data = ev.data
+        if data == "[DONE]":
+            return  # re-emitted last by finish(), after anything the gateway adds
+        try:
+            obj = json.loads(data) if data else None
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            out.append(ev.raw)
+            return
+        if "error" in obj and not obj.get("choices"):
+            err = obj["error"]
+            msg = err.get("message") if isinstance(err, dict) else str(err)
+            self.error = ProviderError(502, msg or "upstream stream error", "api_error")
+            out.append(ev.raw)
+            return
+        usage = obj.get("usage")
+        if usage:
+            self.usage = usage_from_openai(usage)
+        choices = obj.get("choices")
+        if choices:
+            self._absorb(obj, choices)
+        elif usage and not self._wants_usage:
+            return  # the usage chunk only the gateway asked for
+        out.append(ev.raw)
+
+    def _absorb(self, obj: dict[str, Any], choices: list[Any]) -> None:
+        if not self._head:
+            self._head = {k: obj.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            acc = self._choices.setdefault(_int(choice.get("index")), {"content": []})
+            if choice.get("finish_reason"):
+                acc["finish_reason"] = choice["finish_reason"]
+            if self._completions:
+                text = choice.get("text")
+                if text:
+                    acc["content"].append(text)
+                    self.started = True
+                continue
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
+            if delta.get("content"):
+                acc["content"].append(delta["content"])
+                self.started = True
+            for key in ("reasoning_content", "reasoning", "refusal"):
+                if delta.get(key):
+                    acc.setdefault(key, []).append(delta[key])
+                    self.started = True
+            for tc in delta.get("tool_calls") or ():
+                if not isinstance(tc, dict):
+                    continue
+                self.started = True
+                calls = acc.setdefault("tool_calls", {})
+                entry = calls.setdefault(
+                    _int(tc.get("index")),
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                if tc.get("id"):
+                    entry["id"] = tc["id"]
+                fn = tc.get("function") or {}
+                if fn.get("name") and not entry["function"]["name"]:
+                    entry["function"]["name"] = fn["name"]
+                if fn.get("arguments"):
+                    entry["function"]["arguments"] += fn["arguments"]
+
+    def assembled(self) -> dict[str, Any]:
+        choices = []
+        for index in sorted(self._choices):
+            acc = self._choices[index]
+            text = "".join(acc["content"])
+            if self._completions:
+                choices.append(
+                    {"index": index, "text": text, "finish_reason": acc.get("finish_reason")}
+                )
+                continue
+            message: dict[str, Any] = {"role": "assistant", "content": text or None}
+            for key in ("reasoning_content", "reasoning", "refusal"):
+                if key in acc:
+                    message[key] = "".join(acc[key])
+            if "tool_calls" in acc:
+                message["tool_calls"] = [acc["tool_calls"][i] for i in sorted(acc["tool_calls"])]
+            choices.append(
+                {"index": index, "message": message, "finish_reason": acc.get("finish_reason")}
+            )
+        out: dict[str, Any] = {
+            "id": self._head.get("id"),
+            "object": "text_completion" if self._completions else "chat.completion",
+            "created": self._head.get("created"),
+            "model": self._head.get("model"),
+            "choices": choices,
+        }
+        if self.usage is not None:
+            out["usage"] = self.usage.to_openai()
+        return out
+
+
+class OpenAI(Provider):
+    name = "openai"
+    default_base_url = "https://api.openai.com"
+    route_types = frozenset(
+        {RouteType.CHAT, RouteType.COMPLETIONS, RouteType.EMBEDDINGS, RouteType.PRESERVE}
+    )
+
+    def url_for(self, spec: CallSpec) -> str:
+        if spec.route_type is RouteType.PRESERVE:
+            return preserve_url(spec, self.default_base_url)
+        return join_url(spec.options.upstream_url, self.default_base_url, PATHS[spec.route_type])
+
+    def build_request(self, spec: CallSpec) -> UpstreamRequest:
+        url = self.url_for(spec)
+        if spec.route_type is RouteType.PRESERVE:
+            return UpstreamRequest(spec.method, url, {}, spec.raw_body, spec.stream)
+        body = dict(spec.body)
+        if spec.model:
+            body["model"] = spec.model
+        body.pop("top_k", None)  # not an OpenAI parameter
+        if spec.route_type is not RouteType.EMBEDDINGS:
+            if spec.stream:
+                body["stream"] = True
+                options = body.get("stream_options")
+                body["stream_options"] = {
+                    **(options if isinstance(options, dict) else {}),
+                    "include_usage": True,
+                }
+            else:
+                body.pop("stream", None)
+                body.pop("stream_options", None)
+        headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if spec.stream else "application/json",
+        }
+        return UpstreamRequest("POST", url, headers, json.dumps(body).encode(), spec.stream)
+
+    def parse_response(
+        self, spec: CallSpec, status: int, headers: dict[str, str], body: bytes
+    ) -> Reply:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if spec.route_type is RouteType.PRESERVE:
+            data = data if isinstance(data, dict) else {}
+            return Reply(body, data, self.usage_from(data), data.get("model"))
+        if not isinstance(data, dict):
+            raise ProviderError(502, f"{self.name}: the upstream answer is not a JSON object")
+        required = _REQUIRED[spec.route_type]
+        if required not in data:
+            raise ProviderError(502, f"{self.name}: the upstream answer has no '{required}'")
+        return Reply(body, data, self.usage_from(data), data.get("model"))
+
+    def parse_error(self, status: int, headers: dict[str, str], body: bytes) -> ProviderError:
+        err = generic_error(self.name, status, headers, body)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return err
+        inner = data.get("error") if isinstance(data, dict) else None
+        if isinstance(inner, dict):
+            if isinstance(inner.get("type"), str):
+                err.type = inner["type"]
+            err.code = inner.get("code")
+            err.param = inner.get("param")
+        return err
+
+    def stream_translator(self, spec: CallSpec) -> OpenAIStream:
+        return OpenAIStream(spec)
+
+    def usage_from(self, data: dict[str, Any]) -> Usage | None:
+        return usage_from_openai(data.get("usage"))
+
+
+PROVIDER = OpenAI()
