@@ -1,0 +1,150 @@
+"""Shared fixtures: a scriptable fake upstream, and real gateway processes.
+
+End-to-end tests start the gateway exactly as the README does (`mitmdump -q -s
+addons/gateway.py --mode reverse:...`), on a free loopback port, with a config written
+to a temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.upstream import FakeUpstream
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mitmdump() -> str:
+    found = shutil.which("mitmdump", path=str(Path(sys.executable).parent))
+    return found or shutil.which("mitmdump") or "mitmdump"
+
+
+class Gateway:
+    """A running `mitmdump -s addons/gateway.py` process."""
+
+    def __init__(self, tmp: Path, config: str, *, quiet: bool = True, env: dict[str, str] | None = None,
+                 extra: list[str] | None = None, port: int | None = None) -> None:
+        self.tmp = tmp
+        self.records_path = tmp / "records.jsonl"
+        self.config_path = tmp / "llmitm.yaml"
+        self.log_path = tmp / "mitmdump.log"
+        self.port = port or free_port()
+        self.write_config(config)
+        cmd = [mitmdump()]
+        if quiet:
+            cmd.append("-q")
+        cmd += [
+            "-s", "addons/gateway.py",
+            "--mode", f"reverse:http://127.0.0.1:9@127.0.0.1:{self.port}",
+            "--set", "connection_strategy=lazy",
+            "--set", f"llmitm_config={self.config_path}",
+            "--set", f"confdir={tmp / 'confdir'}",
+            *(extra or []),
+        ]
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def write_config(self, text: str) -> None:
+        text = text.replace("{records}", str(self.records_path))
+        self.config_path.write_text(text)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 20.0) -> Gateway:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"gateway not listening after {timeout}s:\n{self.log()}")
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.records_path.exists():
+            return []
+        return [json.loads(line) for line in self.records_path.read_text().splitlines() if line]
+
+    def wait_records(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        deadline = time.time() + timeout
+        while True:
+            recs = self.records()
+            if len(recs) >= n or time.time() > deadline:
+                assert len(recs) >= n, f"expected {n} records, got {len(recs)}:\n{self.log()}"
+                return recs
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    up = FakeUpstream().start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def fake(upstream: FakeUpstream) -> FakeUpstream:
+    """The session's fake upstream, reset for this test."""
+    upstream.reset()
+    return upstream
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Any]:
+    """Start gateways for one test; all are stopped at its end."""
+    started: list[Gateway] = []
+
+    def start(config: str, *, ready: bool = True, **kw: Any) -> Gateway:
+        d = tmp_path / f"gw{len(started)}"
+        d.mkdir()
+        gw = Gateway(d, config, **kw)
+        started.append(gw)
+        return gw.wait_ready() if ready else gw
+
+    yield start
+    for gw in started:
+        gw.stop()
