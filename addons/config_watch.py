@@ -48,7 +48,7 @@ class ConfigWatch:
         )
 
     def configure(self, updated: set[str]) -> None:
-        if not ctx.options.keep_host_header:
+        if "keep_host_header" in ctx.options and not ctx.options.keep_host_header:
             # Routes match on the client's Host; reverse mode would otherwise replace it
             # with the placeholder target, which ai-proxy routes never contact.
             ctx.options.keep_host_header = True

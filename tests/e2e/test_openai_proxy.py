@@ -119,6 +119,11 @@ services:
               auth: {param_name: key, param_value: "{vault://env/LLMITM_TEST_KEY}", param_location: query}
               model: {provider: openai, options: {upstream_url: "UPSTREAM"}}
               logging: {log_payloads: true}
+  - name: plain-backend
+    url: UPSTREAM/base
+    routes:
+      - name: plain
+        paths: ["/plain"]
 plugins:
   - name: file-log
     config: {path: "{records}"}
@@ -359,6 +364,16 @@ def test_preserve_route_passes_through(gw: Gateway, fake: FakeUpstream) -> None:
     assert f"key={SECRET}" in sent.path and "limit=1" in sent.path  # auth as a query param
     rec = last_record(gw, n)
     assert SECRET not in json.dumps(rec)
+
+
+def test_route_without_ai_proxy_is_proxied_to_its_service(gw: Gateway, fake: FakeUpstream) -> None:
+    fake.reply(Reply.json({"ok": True}))
+    n = len(gw.records())
+    r = httpx.post(f"{gw.url}/plain/things?x=1", json={"a": 1})
+    assert r.status_code == 200 and r.json() == {"ok": True}
+    assert fake.last().path == "/base/things?x=1" and fake.last().json() == {"a": 1}
+    rec = last_record(gw, n)
+    assert rec["route"] == {"name": "plain"} and rec["ai"] is None and rec["status"] == "ok"
 
 
 # --------------------------------------------------------------------- errors
