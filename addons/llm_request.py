@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any
 
+from pydantic import ValidationError
+
 from providers.base import ProviderError, RouteType
 from providers.options import ModelConfig
 
@@ -103,7 +105,13 @@ def render_model(model: ModelConfig, lookup: dict[str, Any]) -> ModelConfig:
             return {k: fill(v) for k, v in value.items()}
         return value
 
-    return ModelConfig.model_validate(fill(model.model_dump(exclude_unset=True)))
+    try:
+        return ModelConfig.model_validate(fill(model.model_dump(exclude_unset=True)))
+    except ValidationError as e:  # a value the client sent made the model config invalid
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "model"
+        msg = first["msg"].removeprefix("Value error, ")
+        raise bad_request(f"model.{where} after templating: {msg}") from None
 
 
 def resolve_model(route_type: RouteType, configured: str | None, body: dict[str, Any]) -> str | None:

@@ -11,9 +11,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from addons.config.model import Route
+if TYPE_CHECKING:  # a runtime import would be circular: addons.config imports this module
+    from addons.config.model import Route
+
+# Kong (PCRE) writes named groups `(?<name>...)`; Python's re wants `(?P<name>...)`.
+_KONG_GROUP = re.compile(r"\(\?<(?=[A-Za-z_])")
+
+
+def path_regex(path: str) -> re.Pattern[str]:
+    """The compiled regex of a `~` path (Kong's syntax, named groups included)."""
+    return re.compile(_KONG_GROUP.sub("(?P<", path[1:]))
 
 
 @dataclass(slots=True)
@@ -58,7 +67,7 @@ class RouteTable:
                     entry = _Entry(route, None, None, order)
                 elif path.startswith("~"):
                     order = (weight, plain_hosts, len(route.headers), True, route.regex_priority, 0)
-                    entry = _Entry(route, None, re.compile(path[1:]), order)
+                    entry = _Entry(route, None, path_regex(path), order)
                 else:
                     order = (weight, plain_hosts, len(route.headers), False, 0, len(path))
                     entry = _Entry(route, path, None, order)
@@ -117,7 +126,7 @@ def _headers_ok(wanted: dict[str, list[str]], headers: Any) -> bool:
         got_l = got.lower()
         for v in values:
             if v.startswith("~*"):
-                if re.match(v[2:], got, re.IGNORECASE):
+                if re.search(v[2:], got, re.IGNORECASE):  # unanchored, as in Kong
                     break
             elif v.lower() == got_l:
                 break

@@ -8,20 +8,29 @@ import time
 import uuid
 
 _lock = threading.Lock()
-_last_ms = 0
+_first_ms = 0  # the millisecond asked for when the current run of ids began
+_last_ms = 0  # the millisecond in the last id (past _first_ms if the counter overflowed)
 _seq = 0
 
 
 def uuid7(at: float | None = None) -> str:
     """A UUIDv7 for the time `at` (epoch seconds, default now); ids minted in the same
-    millisecond by this process increase monotonically."""
-    global _last_ms, _seq
-    ms = int((time.time() if at is None else at) * 1000)
+    millisecond by this process increase monotonically. When more than the 12-bit
+    counter holds are minted in one millisecond, the time field moves on by 1 ms
+    (RFC 9562, 6.2) rather than wrapping the counter."""
+    global _first_ms, _last_ms, _seq
     with _lock:
-        if ms == _last_ms:
-            _seq = (_seq + 1) & 0xFFF
+        # read the clock under the lock: a reading another thread overtook would restart
+        # the run and break the order
+        ms = int((time.time() if at is None else at) * 1000)
+        if _first_ms <= ms <= _last_ms:
+            _seq += 1
+            if _seq > 0xFFF:
+                _last_ms += 1
+                _seq = 0
+            ms = _last_ms
         else:
-            _last_ms = ms
+            _first_ms = _last_ms = ms
             _seq = int.from_bytes(os.urandom(2)) & 0x7FF  # leave room to count up
         seq = _seq
     rand_b = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)

@@ -43,6 +43,14 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def _is_json(data: str) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
+
+
 def usage_from_openai(u: Any) -> Usage | None:
     """OpenAI's `usage` object (prompt tokens include cached ones) as a normalized Usage."""
     if not isinstance(u, dict):
@@ -88,6 +96,8 @@ class OpenAIStream:
     def finish(self, error: ProviderError | None = None) -> list[bytes]:
         out: list[bytes] = []
         for ev in self._dec.flush():
+            if error is not None and not _is_json(ev.data):
+                continue  # half an event, cut by the failure: a client could not parse it
             self._handle(ev, out)
         if error is not None:
             self.error = error
@@ -103,13 +113,15 @@ class OpenAIStream:
             obj = json.loads(data) if data else None
         except ValueError:
             obj = None
-        if not isinstance(obj, dict):
-            out.append(ev.raw)
-            return
-        if "error" in obj and not obj.get("choices"):
-            err = obj["error"]
+        if ev.event == "error" or (
+            isinstance(obj, dict) and "error" in obj and not obj.get("choices")
+        ):
+            err = obj.get("error", obj) if isinstance(obj, dict) else data
             msg = err.get("message") if isinstance(err, dict) else str(err)
             self.error = ProviderError(502, msg or "upstream stream error", "api_error")
+            out.append(ev.raw)
+            return
+        if not isinstance(obj, dict):
             out.append(ev.raw)
             return
         usage = obj.get("usage")

@@ -240,6 +240,15 @@ def _message(err: dict[str, Any], data: Any, path: tuple[Any, ...], secrets: set
     return msg
 
 
+def _redact(message: str, secrets: set[str]) -> str:
+    """`message` without any resolved vault value (validators may quote their input)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        for form in (secret, repr(secret)[1:-1]):
+            if form:
+                message = message.replace(form, "<vault value>")
+    return message
+
+
 def _shown(value: Any, secrets: set[str]) -> str:
     if isinstance(value, str) and (value in secrets or any(s in value for s in secrets if s)):
         return "a value from a vault reference"
@@ -377,6 +386,8 @@ class _Compiler:
 def load_text(text: str, source: str = "<config>") -> GatewayConfig:
     """Parse, validate and compile a config; raises ConfigError listing every problem."""
     data, lines = _parse_yaml(text, source)
+    if data is None:  # an empty document (`---`, `null`)
+        raise ConfigError(source, [f"{source}: the file is empty"])
     if not isinstance(data, dict):
         raise ConfigError(source, [f"{source}:1: the top level must be a mapping"])
     secrets: set[str] = set()
@@ -392,12 +403,13 @@ def load_text(text: str, source: str = "<config>") -> GatewayConfig:
             path = _clean_loc(data, tuple(err["loc"]))
             line = _line(lines, path)
             where = f"{source}:{line}" if line else source
-            problems.append(f"{where}: {_fmt(path)}: {_message(err, data, path, secrets)}")
+            msg = _redact(_message(err, data, path, secrets), secrets)
+            problems.append(f"{where}: {_fmt(path)}: {msg}")
         raise ConfigError(source, problems) from None
     compiler = _Compiler(source, doc, lines)
     routes, global_plugins = compiler.compile()
     if compiler.problems:
-        raise ConfigError(source, compiler.problems)
+        raise ConfigError(source, [_redact(p, secrets) for p in compiler.problems])
     return GatewayConfig(
         source=source,
         routes=routes,
@@ -414,4 +426,7 @@ def load_file(path: str | os.PathLike[str]) -> GatewayConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(str(path), [f"{path}: cannot read the file: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        problem = f"{path}: cannot read the file: not UTF-8 ({e.reason})"
+        raise ConfigError(str(path), [problem]) from None
     return load_text(text, str(path))

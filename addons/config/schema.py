@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, create_model, field_validator, model_validator
+from pydantic import AfterValidator, Field, create_model, field_validator, model_validator
 
 from addons.config.plugins import PLUGIN_CONFIGS
+from addons.routing import path_regex
 from providers.options import Strict
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -44,7 +45,7 @@ PluginEntry = Annotated[Union[_ENTRIES], Field(discriminator="name")]  # type: i
 def _check_path(path: str) -> str:
     if path.startswith("~"):
         try:
-            re.compile(path[1:])
+            path_regex(path)
         except re.error as e:
             raise ValueError(f"invalid regex path {path!r}: {e}") from None
     elif not path.startswith("/"):
@@ -54,7 +55,7 @@ def _check_path(path: str) -> str:
 
 class RouteFile(Strict):
     name: str | None = None
-    paths: list[str] = Field(default_factory=list)
+    paths: list[Annotated[str, AfterValidator(_check_path)]] = Field(default_factory=list)
     hosts: list[str] = Field(default_factory=list)
     methods: list[str] = Field(default_factory=list)
     headers: dict[str, list[str]] = Field(default_factory=dict)
@@ -66,11 +67,6 @@ class RouteFile(Strict):
     plugins: list[PluginEntry] = Field(default_factory=list)  # type: ignore[valid-type]
     # Only for top-level routes: the service they belong to.
     service: str | dict[str, str] | None = None
-
-    @field_validator("paths")
-    @classmethod
-    def _paths(cls, paths: list[str]) -> list[str]:
-        return [_check_path(p) for p in paths]
 
     @field_validator("methods")
     @classmethod
