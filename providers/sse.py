@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-_BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
+# A blank line ends an event; lines may end in LF, CRLF or CR, even mixed.
+_BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\r\n\n")
 # Only CR, LF and CRLF end lines: str.splitlines() would also split on U+2028 inside JSON.
 _LINES = re.compile(r"\r\n|\r|\n")
 

@@ -97,7 +97,7 @@ services:
               max_request_body_size: 1024
               model: {provider: openai, name: gpt-4o-mini, options: {upstream_url: "UPSTREAM"}}
       - name: templated
-        paths: ["~/models/(?P<model>[a-z0-9.-]+)/v1/chat/completions$"]
+        paths: ["~/models/(?<model>[a-z0-9.-]+)/v1/chat/completions$"]
         plugins:
           - name: ai-proxy
             config:

@@ -175,3 +175,11 @@ def test_encode_round_trips_through_the_decoder() -> None:
         (None, "[DONE]"),
     ]
     assert json.loads(events[0][1]) == {"text": "h\u00e9llo\nworld"}
+
+
+@pytest.mark.parametrize("ending", [b"\n\r\n", b"\r\n\n"])
+def test_mixed_line_endings_still_end_events(ending: bytes) -> None:
+    raw = b"data: 1" + ending + b"data: 2\n\n"
+    assert [d for _, d, _ in decode([raw])] == ["1", "2"]
+    for chunks in every_split(raw):
+        assert [d for _, d, _ in decode(chunks)] == ["1", "2"]
