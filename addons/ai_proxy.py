@@ -82,7 +82,9 @@ class AIProxy:
         except ProviderError as e:
             self._reply_error(flow, call, e, call.error_source or "gateway")
         except Exception:
-            log.exception("llmitm: ai-proxy failed on %s %s", flow.request.method, flow.request.path)
+            log.exception(
+                "llmitm: ai-proxy failed on %s %s", flow.request.method, flow.request.path
+            )
             err = ProviderError(500, "internal gateway error", "api_error", "gateway_error")
             self._reply_error(flow, call, err, "gateway")
 
@@ -107,7 +109,9 @@ class AIProxy:
         try:
             raw = flow.request.content or b""
         except ValueError:
-            raise llm_request.bad_request("cannot decode the request body's content-encoding")
+            raise llm_request.bad_request(
+                "cannot decode the request body's content-encoding"
+            ) from None
         if len(raw) > conf.max_request_body_size:
             raise _too_large(len(raw), conf)
         provider = providers.get(conf.model.provider)
@@ -129,7 +133,9 @@ class AIProxy:
         if route_type is RouteType.EMBEDDINGS:
             stream = False
         elif stream and conf.response_streaming == "deny":
-            raise llm_request.bad_request("response streaming is not enabled for this LLM", "stream")
+            raise llm_request.bad_request(
+                "response streaming is not enabled for this LLM", "stream"
+            )
         if route_type is RouteType.PRESERVE:
             stream = stream or "text/event-stream" in flow.request.headers.get("accept", "")
         options = body.get("stream_options")
@@ -202,9 +208,12 @@ class AIProxy:
                 continue
             headers[low] = value
         headers.update(up.headers)
-        if auth.header_name and auth.header_value:
-            if not (auth.allow_override and override_name in headers):
-                headers[override_name] = auth.header_value  # type: ignore[index]
+        if (
+            override_name
+            and auth.header_value
+            and not (auth.allow_override and override_name in headers)
+        ):
+            headers[override_name] = auth.header_value
         up.headers = headers
         if auth.param_name and auth.param_value:
             if auth.param_location == "query":
@@ -217,7 +226,9 @@ class AIProxy:
                     query[auth.param_name] = client_query[auth.param_name]
                 up.url = urlunsplit(parts._replace(query=urlencode(query)))
             elif auth.param_location == "body":
-                up.body = _set_body_param(up.body, auth.param_name, auth.param_value, auth.allow_override)
+                up.body = _set_body_param(
+                    up.body, auth.param_name, auth.param_value, auth.allow_override
+                )
 
     async def _send(
         self,
@@ -258,7 +269,9 @@ class AIProxy:
                 )
             else:
                 upstream_headers.pop("content-type", None)
-                flow.response = from_provider_error(err, self._headers(call, conf, upstream_headers))
+                flow.response = from_provider_error(
+                    err, self._headers(call, conf, upstream_headers)
+                )
             return
 
         if up.stream:
@@ -267,7 +280,9 @@ class AIProxy:
 
         call.upstream_ended = now()
         try:
-            reply = provider.parse_response(spec, resp.status_code, dict(resp.headers), resp.content)
+            reply = provider.parse_response(
+                spec, resp.status_code, dict(resp.headers), resp.content
+            )
         except ProviderError:
             call.error_source = "upstream"
             raise
@@ -315,7 +330,11 @@ class AIProxy:
             resp.status_code, list(headers.items()), resp.aiter_bytes(), resp.aclose, on_end
         )
         call.relay_token = token
-        call.client_request = (flow.request.url, flow.request.headers.copy(), flow.request.raw_content)
+        call.client_request = (
+            flow.request.url,
+            flow.request.headers.copy(),
+            flow.request.raw_content,
+        )
         flow.request.url = relay.url(token)
         flow.request.headers = http.Headers(host=f"127.0.0.1:{relay.port}", content_length="0")
         flow.request.raw_content = b""
@@ -336,7 +355,9 @@ class AIProxy:
                 headers["x-llm-model"] = f"{call.provider.name}/{model}"
         return headers
 
-    def _reply_error(self, flow: http.HTTPFlow, call: Call, err: ProviderError, source: str) -> None:
+    def _reply_error(
+        self, flow: http.HTTPFlow, call: Call, err: ProviderError, source: str
+    ) -> None:
         call.fail(err, source)
         flow.response = from_provider_error(err)
 

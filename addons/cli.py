@@ -78,12 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1 :]
-    parser = argparse.ArgumentParser(prog="llmitm", description="llmitm, an LLM gateway on mitmproxy")
+    parser = argparse.ArgumentParser(
+        prog="llmitm", description="llmitm, an LLM gateway on mitmproxy"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the gateway in reverse-proxy mode")
-    run.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG), help="config file (default: the quickstart)")
-    run.add_argument("--listen", default="127.0.0.1:8000", help="HOST:PORT to listen on (default 127.0.0.1:8000)")
+    run.add_argument(
+        "config",
+        nargs="?",
+        default=str(DEFAULT_CONFIG),
+        help="config file (default: the quickstart)",
+    )
+    run.add_argument(
+        "--listen", default="127.0.0.1:8000", help="HOST:PORT to listen on (default 127.0.0.1:8000)"
+    )
     run.add_argument("--web", action="store_true", help="run under mitmweb instead of mitmdump")
     run.set_defaults(func=_run)
 

@@ -12,6 +12,7 @@ import logging
 import os
 
 from mitmproxy import ctx, exceptions
+from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.config import ConfigError, load_file
 from addons.state import Gateway
@@ -61,7 +62,7 @@ class ConfigWatch:
             return
         if self._running:
             # Changed from mitmweb's options while running: load off the event loop.
-            asyncio.get_running_loop().create_task(self._reload(force=True))
+            create_task(self._reload(force=True), name="llmitm config reload", keep_ref=True)
             return
         try:
             config = load_file(path)
@@ -77,7 +78,7 @@ class ConfigWatch:
     def running(self) -> None:
         self._running = True
         if ctx.options.llmitm_config_reload and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._watch())
+            self._task = create_task(self._watch(), name="llmitm config watch", keep_ref=True)
 
     def done(self) -> None:
         if self._task is not None:

@@ -20,17 +20,18 @@ import sys
 from pathlib import Path
 
 from mitmproxy import ctx
+from mitmproxy.utils.asyncio_utils import create_task
 
 try:
-    import addons.state  # noqa: F401  (installed with `pip install -e .`)
+    import addons.state
 except ImportError:  # run from a checkout without installing: use the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from addons.ai_proxy import AIProxy  # noqa: E402
-from addons.config_watch import ConfigWatch  # noqa: E402
-from addons.recorder import Recorder  # noqa: E402
-from addons.router import Router, ServiceProxy  # noqa: E402
-from addons.state import Gateway  # noqa: E402
+from addons.ai_proxy import AIProxy
+from addons.config_watch import ConfigWatch
+from addons.recorder import Recorder
+from addons.router import Router, ServiceProxy
+from addons.state import Gateway
 
 
 def chain(gateway: Gateway) -> list[object]:
@@ -53,9 +54,9 @@ class Lifecycle:
         self.gw = gateway
 
     def running(self) -> None:
-        asyncio.get_running_loop().create_task(self.gw.upstream.start())
+        create_task(self.gw.upstream.start(), name="llmitm upstream start", keep_ref=True)
 
-    def done(self):  # noqa: ANN201 - plain def: mitmproxy calls it from sync contexts too
+    def done(self):
         # At process shutdown mitmproxy awaits what `done` returns; when only this
         # script is unloaded (a reload), it cannot, so the flush runs as a task.
         async def close() -> None:
@@ -64,12 +65,12 @@ class Lifecycle:
 
         try:
             shutting_down = ctx.master.should_exit.is_set()
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except (AttributeError, RuntimeError):
             return None
         if shutting_down:
             return close()
-        loop.create_task(close())
+        create_task(close(), name="llmitm close", keep_ref=True)
         return None
 
 

@@ -114,7 +114,9 @@ def render_model(model: ModelConfig, lookup: dict[str, Any]) -> ModelConfig:
         raise bad_request(f"model.{where} after templating: {msg}") from None
 
 
-def resolve_model(route_type: RouteType, configured: str | None, body: dict[str, Any]) -> str | None:
+def resolve_model(
+    route_type: RouteType, configured: str | None, body: dict[str, Any]
+) -> str | None:
     """Kong's rule: the configured model wins; a different client model is a 400."""
     asked = body.get("model")
     if configured:
@@ -128,7 +130,9 @@ def resolve_model(route_type: RouteType, configured: str | None, body: dict[str,
     raise bad_request("model parameter not found in request, nor in gateway configuration", "model")
 
 
-def apply_options(route_type: RouteType, body: dict[str, Any], model: ModelConfig) -> dict[str, Any]:
+def apply_options(
+    route_type: RouteType, body: dict[str, Any], model: ModelConfig
+) -> dict[str, Any]:
     """The body with the route's sampling options applied (Kong: options win)."""
     if route_type not in (RouteType.CHAT, RouteType.COMPLETIONS):
         return body
@@ -152,8 +156,10 @@ def strip_gateway_fields(body: dict[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata")
     if meta is None:
         return body
-    if body.get("store") is True and isinstance(meta, dict) and all(
-        isinstance(v, str) for v in meta.values()
+    if (
+        body.get("store") is True
+        and isinstance(meta, dict)
+        and all(isinstance(v, str) for v in meta.values())
     ):
         return body
     out = dict(body)

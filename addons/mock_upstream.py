@@ -36,7 +36,12 @@ class MockTransport(httpx.AsyncBaseTransport):
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            error = {"error": {"message": "mock: body is not a JSON object", "type": "invalid_request_error"}}
+            error = {
+                "error": {
+                    "message": "mock: body is not a JSON object",
+                    "type": "invalid_request_error",
+                }
+            }
             return httpx.Response(400, json=error)
         path = request.url.path
         if data.get("stream"):

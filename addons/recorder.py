@@ -72,7 +72,9 @@ def _estimate(call: Call, response: dict[str, Any] | None) -> Usage | None:
     if spec.route_type is RouteType.CHAT:
         prompt = text_of_messages(body.get("messages"))
     elif spec.route_type is RouteType.COMPLETIONS:
-        prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else str(body.get("prompt"))
+        prompt = (
+            body.get("prompt") if isinstance(body.get("prompt"), str) else str(body.get("prompt"))
+        )
     else:
         inputs = body.get("input")
         prompt = inputs if isinstance(inputs, str) else " ".join(map(str, inputs or ()))
@@ -115,7 +117,13 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
         }
     elif flow.error is not None:
         source = "client" if call.client_aborted else "proxy"
-        error = {"status": None, "type": "connection_error", "code": None, "message": flow.error.msg, "source": source}
+        error = {
+            "status": None,
+            "type": "connection_error",
+            "code": None,
+            "message": flow.error.msg,
+            "source": source,
+        }
 
     upstream_ms = _ms(call.upstream_started, call.upstream_ended)
     total_ms = _ms(call.started_at, end)
@@ -125,7 +133,9 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
     latencies = {
         "request": total_ms,
         "proxy": upstream_ms,
-        "gateway": round(total_ms - upstream_ms, 3) if total_ms is not None and upstream_ms is not None else total_ms,
+        "gateway": round(total_ms - upstream_ms, 3)
+        if total_ms is not None and upstream_ms is not None
+        else total_ms,
         "time_to_first_token": _ms(call.started_at, call.first_token),
     }
 
@@ -157,7 +167,9 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
         )
         if call.log_payloads:
             ai.request_payload = call.request_payload
-            ai.response_payload = call.response_payload if call.response_payload is not None else response_data
+            ai.response_payload = (
+                call.response_payload if call.response_payload is not None else response_data
+            )
 
     return CallRecord(
         id=uuid7(call.started_at),
@@ -175,9 +187,9 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
         },
         response={
             "status": resp.status_code if resp is not None else None,
-            "size": call.bytes_out if call.translator is not None else (
-                len(resp.raw_content or b"") if resp is not None else None
-            ),
+            "size": call.bytes_out
+            if call.translator is not None
+            else (len(resp.raw_content or b"") if resp is not None else None),
         },
         latencies=latencies,
         upstream={

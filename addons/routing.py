@@ -133,4 +133,3 @@ def _headers_ok(wanted: dict[str, list[str]], headers: Any) -> bool:
         else:
             return False
     return True
-

@@ -93,9 +93,14 @@ def upstream_failure(exc: BaseException, url: str, timeouts: Timeouts) -> Provid
             "upstream_disconnected",
         )
     if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
-        return ProviderError(502, f"the upstream URL is not usable: {exc}", "api_error", "bad_upstream")
+        return ProviderError(
+            502, f"the upstream URL is not usable: {exc}", "api_error", "bad_upstream"
+        )
     return ProviderError(
-        502, f"upstream request to {where} failed: {type(exc).__name__}: {exc}", "api_error", "upstream_error"
+        502,
+        f"upstream request to {where} failed: {type(exc).__name__}: {exc}",
+        "api_error",
+        "upstream_error",
     )
 
 
@@ -198,7 +203,12 @@ class Relay:
                         return
                 finally:
                     self._active.pop(token, None)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            ValueError,
+        ):
             pass
         except asyncio.CancelledError:
             pass  # aborted: the client left
@@ -207,7 +217,9 @@ class Relay:
 
     async def _pump(self, src: _Source, writer: asyncio.StreamWriter) -> bool:
         """Relay one body; False when the connection to mitmproxy is gone."""
-        reason = HTTPStatus(src.status).phrase if src.status in HTTPStatus._value2member_map_ else ""
+        reason = (
+            HTTPStatus(src.status).phrase if src.status in HTTPStatus._value2member_map_ else ""
+        )
         lines = [f"HTTP/1.1 {src.status} {reason}"]
         lines += [f"{k}: {v}" for k, v in src.headers]
         lines.append("transfer-encoding: chunked")
@@ -220,7 +232,7 @@ class Relay:
                     chunk = await it.__anext__()
                 except StopAsyncIteration:
                     break
-                except Exception as e:  # the upstream failed mid-body
+                except Exception as e:  # noqa: BLE001 - the upstream failed mid-body, whatever the cause
                     upstream_error = e
                     break
                 if chunk:
@@ -275,7 +287,10 @@ class Upstream:
             await self.start()
         assert self.client is not None
         timeout = httpx.Timeout(
-            connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.connect
+            connect=timeouts.connect,
+            read=timeouts.read,
+            write=timeouts.write,
+            pool=timeouts.connect,
         )
         try:
             request = self.client.build_request(

@@ -7,6 +7,7 @@ sink drains it in batches. A sink's `send` runs on that task, never in a hook.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ class Delivery:
                 await self.sink.send(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a sink failure must not stop delivery
                 self.stats.failed += n
                 log.error("%s: could not deliver %d record(s): %s", self.sink.name, n, e)
             else:
@@ -101,13 +102,13 @@ class Delivery:
         """Deliver what is queued (within `timeout`), then stop and close the sink."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         try:
             await asyncio.wait_for(self._drain(), timeout)
         except TimeoutError:
-            log.error("%s: %d record(s) not delivered at shutdown", self.sink.name, len(self._queue))
+            log.error(
+                "%s: %d record(s) not delivered at shutdown", self.sink.name, len(self._queue)
+            )
         await self.sink.aclose()

@@ -285,7 +285,9 @@ def error_type_for(status: int) -> str:
     return _STATUS_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
 
-def generic_error(provider: str, status: int, headers: dict[str, str], body: bytes) -> ProviderError:
+def generic_error(
+    provider: str, status: int, headers: dict[str, str], body: bytes
+) -> ProviderError:
     """An upstream error body of unknown or non-JSON shape, kept as readable as possible."""
     text = body.decode("utf-8", "replace").strip()
     try:

@@ -41,8 +41,16 @@ def mitmdump() -> str:
 class Gateway:
     """A running `mitmdump -s addons/gateway.py` process."""
 
-    def __init__(self, tmp: Path, config: str, *, quiet: bool = True, env: dict[str, str] | None = None,
-                 extra: list[str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        config: str,
+        *,
+        quiet: bool = True,
+        env: dict[str, str] | None = None,
+        extra: list[str] | None = None,
+        port: int | None = None,
+    ) -> None:
         self.tmp = tmp
         self.records_path = tmp / "records.jsonl"
         self.config_path = tmp / "llmitm.yaml"
@@ -53,16 +61,24 @@ class Gateway:
         if quiet:
             cmd.append("-q")
         cmd += [
-            "-s", "addons/gateway.py",
-            "--mode", f"reverse:http://127.0.0.1:9@127.0.0.1:{self.port}",
-            "--set", "connection_strategy=lazy",
-            "--set", f"llmitm_config={self.config_path}",
-            "--set", f"confdir={tmp / 'confdir'}",
+            "-s",
+            "addons/gateway.py",
+            "--mode",
+            f"reverse:http://127.0.0.1:9@127.0.0.1:{self.port}",
+            "--set",
+            "connection_strategy=lazy",
+            "--set",
+            f"llmitm_config={self.config_path}",
+            "--set",
+            f"confdir={tmp / 'confdir'}",
             *(extra or []),
         ]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
 

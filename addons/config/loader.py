@@ -156,10 +156,9 @@ def _clean_loc(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     out: list[Any] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            out.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
             out.append(part)
             node = node[part]
         elif isinstance(node, dict) and not isinstance(part, int) and part not in node:
@@ -191,9 +190,7 @@ def _model_at(path: tuple[Any, ...], data: Any) -> type[BaseModel] | None:
             continue
         if model is None:
             return None
-        field = next(
-            (f for n, f in model.model_fields.items() if part in (n, f.alias)), None
-        )
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
         if field is None:
             return None
         model = _model_in(field.annotation)
@@ -224,7 +221,11 @@ def _message(err: dict[str, Any], data: Any, path: tuple[Any, ...], secrets: set
         if model is not None:
             names = [f.alias or n for n, f in model.model_fields.items()]
             close = difflib.get_close_matches(str(field), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(names)})"
+            hint = (
+                f" (did you mean {close[0]!r}?)"
+                if close
+                else f" (expected one of: {', '.join(names)})"
+            )
         return f"unknown field {field!r}{hint}"
     if kind == "union_tag_invalid":
         return f"unknown plugin {ctx.get('tag')!r} (expected one of: {ctx.get('expected_tags')})"
@@ -307,11 +308,16 @@ class _Compiler:
             svc = _service(svc_file, si)
             if svc.name in services:
                 self.problem(("services", si, "name"), f"service name {svc.name!r} is used twice")
-            plugins = self.plugins(svc_file.plugins, ("services", si, "plugins"), f"service:{svc.name}")
+            plugins = self.plugins(
+                svc_file.plugins, ("services", si, "plugins"), f"service:{svc.name}"
+            )
             services[svc.name] = (svc, plugins)
             for ri, r in enumerate(svc_file.routes):
                 if r.service is not None:
-                    self.problem(("services", si, "routes", ri, "service"), "nested routes take their service from the enclosing one")
+                    self.problem(
+                        ("services", si, "routes", ri, "service"),
+                        "nested routes take their service from the enclosing one",
+                    )
                 pending.append((r, ("services", si, "routes", ri), svc.name))
         for ri, r in enumerate(doc.routes):
             ref = r.service["name"] if isinstance(r.service, dict) else r.service
@@ -326,7 +332,11 @@ class _Compiler:
             if entry.route and entry.service:
                 self.problem(path, "a plugin attaches to a route or a service, not both")
             scope = (
-                f"route:{entry.route}" if entry.route else f"service:{entry.service}" if entry.service else "global"
+                f"route:{entry.route}"
+                if entry.route
+                else f"service:{entry.service}"
+                if entry.service
+                else "global"
             )
             if scope == "global":
                 target = global_plugins
@@ -370,7 +380,9 @@ class _Compiler:
                 plugins=effective,
             )
             if "ai-proxy" not in effective and (svc is None or not svc.url):
-                self.problem(path, "this route has no ai-proxy plugin and no service url to proxy to")
+                self.problem(
+                    path, "this route has no ai-proxy plugin and no service url to proxy to"
+                )
             routes.append(route)
         for scope in attached:
             kind, _, target_name = scope.partition(":")

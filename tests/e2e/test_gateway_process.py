@@ -21,7 +21,9 @@ def test_quickstart_with_the_openai_sdk(start_gateway, tmp_path: Path) -> None:
     gw = start_gateway(quickstart(tmp_path))
     client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
 
-    answer = client.chat.completions.create(model="mock-gpt", messages=[{"role": "user", "content": "hello there"}])
+    answer = client.chat.completions.create(
+        model="mock-gpt", messages=[{"role": "user", "content": "hello there"}]
+    )
     assert answer.choices[0].message.content == "hello there"
     assert answer.usage.prompt_tokens > 0
 
@@ -44,7 +46,10 @@ def test_quickstart_with_the_openai_sdk(start_gateway, tmp_path: Path) -> None:
 
     records = gw.wait_records(4)
     assert [r["ai"]["proxy"]["meta"]["route_type"] for r in records] == [
-        "llm/v1/chat", "llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings"
+        "llm/v1/chat",
+        "llm/v1/chat",
+        "llm/v1/completions",
+        "llm/v1/embeddings",
     ]
     streamed = records[1]["ai"]["proxy"]
     assert streamed["meta"]["request_mode"] == "stream"

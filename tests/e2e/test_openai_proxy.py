@@ -155,7 +155,9 @@ def last_record(gw: Gateway, before: int) -> dict[str, Any]:
 # -------------------------------------------------------------------- success
 
 
-def test_chat_answer_usage_and_record(gw: Gateway, fake: FakeUpstream, client: openai.OpenAI) -> None:
+def test_chat_answer_usage_and_record(
+    gw: Gateway, fake: FakeUpstream, client: openai.OpenAI
+) -> None:
     fake.reply(Reply.json(chat_completion("2", prompt_tokens=20, completion_tokens=5)))
     n = len(gw.records())
     raw = client.chat.completions.with_raw_response.create(
@@ -183,7 +185,11 @@ def test_chat_answer_usage_and_record(gw: Gateway, fake: FakeUpstream, client: o
     meta, usage = rec["ai"]["proxy"]["meta"], rec["ai"]["proxy"]["usage"]
     assert meta["provider_name"] == "openai" and meta["request_mode"] == "oneshot"
     assert meta["request_model"] == "gpt-4o-mini" and meta["response_model"] == "gpt-4o-mini"
-    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (20, 5, 25)
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (
+        20,
+        5,
+        25,
+    )
     assert usage["source"] == "reported"
     assert usage["cost"] == pytest.approx((20 * 0.15 + 5 * 0.6) / 1e6)
     assert rec["ai"]["proxy"]["payload"]["request"]["messages"][1]["content"] == "1+1?"
@@ -193,7 +199,9 @@ def test_chat_answer_usage_and_record(gw: Gateway, fake: FakeUpstream, client: o
     assert rec["latencies"]["request"] >= rec["latencies"]["proxy"] >= 0
 
 
-def test_streamed_chat_arrives_chunk_by_chunk(gw: Gateway, fake: FakeUpstream, client: openai.OpenAI) -> None:
+def test_streamed_chat_arrives_chunk_by_chunk(
+    gw: Gateway, fake: FakeUpstream, client: openai.OpenAI
+) -> None:
     words = ["The ", "answer ", "is ", "2."]
     # Events cut at 7-byte boundaries, with a pause before each word: the first token
     # must reach the client long before the stream ends.
@@ -219,12 +227,21 @@ def test_streamed_chat_arrives_chunk_by_chunk(gw: Gateway, fake: FakeUpstream, c
     rec = last_record(gw, n)
     usage = rec["ai"]["proxy"]["usage"]
     assert rec["status"] == "ok" and rec["ai"]["proxy"]["meta"]["request_mode"] == "stream"
-    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["source"]) == (12, 4, "reported")
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["source"]) == (
+        12,
+        4,
+        "reported",
+    )
     assert 100 < usage["time_to_first_token"] < rec["latencies"]["request"] - 300
-    assert rec["ai"]["proxy"]["payload"]["response"]["choices"][0]["message"]["content"] == "The answer is 2."
+    assert (
+        rec["ai"]["proxy"]["payload"]["response"]["choices"][0]["message"]["content"]
+        == "The answer is 2."
+    )
 
 
-def test_stream_usage_chunk_kept_when_client_asks(fake: FakeUpstream, client: openai.OpenAI) -> None:
+def test_stream_usage_chunk_kept_when_client_asks(
+    fake: FakeUpstream, client: openai.OpenAI
+) -> None:
     fake.reply(Reply.sse(chat_stream(["ok"], usage=(7, 1))))
     chunks = list(
         client.chat.completions.create(
@@ -241,7 +258,11 @@ def test_stream_ends_with_done_once(gw: Gateway, fake: FakeUpstream) -> None:
     # An OpenAI-compatible upstream that forgets [DONE]: the client still gets it, once.
     events = [e for e in chat_stream(["a", "b"]) if e != b"data: [DONE]\n\n"]
     fake.reply(Reply.sse(events))
-    body = _post(gw, "/openai/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True}).text
+    body = _post(
+        gw,
+        "/openai/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "stream": True},
+    ).text
     assert body.endswith("data: [DONE]\n\n") and body.count("[DONE]") == 1
 
 
@@ -251,7 +272,11 @@ def test_streamed_parallel_tool_calls(fake: FakeUpstream, client: openai.OpenAI)
 
     events = [
         sse(chunk({"role": "assistant", "content": None})),
-        sse(chunk(tc(0, id="call_a", type="function", function={"name": "weather", "arguments": ""}))),
+        sse(
+            chunk(
+                tc(0, id="call_a", type="function", function={"name": "weather", "arguments": ""})
+            )
+        ),
         sse(chunk(tc(0, function={"arguments": '{"city":'}))),
         sse(chunk(tc(1, id="call_b", type="function", function={"name": "time", "arguments": ""}))),
         sse(chunk(tc(0, function={"arguments": '"Paris"}'}))),
@@ -292,7 +317,9 @@ def test_completions(gw: Gateway, fake: FakeUpstream, client: openai.OpenAI) -> 
                 "object": "text_completion",
                 "created": 1,
                 "model": "gpt-3.5-turbo-instruct",
-                "choices": [{"index": 0, "text": " world", "finish_reason": "stop", "logprobs": None}],
+                "choices": [
+                    {"index": 0, "text": " world", "finish_reason": "stop", "logprobs": None}
+                ],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
             }
         )
@@ -304,11 +331,22 @@ def test_completions(gw: Gateway, fake: FakeUpstream, client: openai.OpenAI) -> 
 
 def test_streamed_completions(fake: FakeUpstream, client: openai.OpenAI) -> None:
     def c(text: str, finish: str | None = None) -> bytes:
-        return sse({"id": "c", "object": "text_completion", "created": 1, "model": "m",
-                    "choices": [{"index": 0, "text": text, "finish_reason": finish}]})
+        return sse(
+            {
+                "id": "c",
+                "object": "text_completion",
+                "created": 1,
+                "model": "m",
+                "choices": [{"index": 0, "text": text, "finish_reason": finish}],
+            }
+        )
 
     fake.reply(Reply.sse([c("a"), c("b"), c("", "stop"), b"data: [DONE]\n\n"]))
-    text = "".join(x.choices[0].text for x in client.completions.create(model="gpt-3.5-turbo-instruct", prompt="p", stream=True) if x.choices)
+    text = "".join(
+        x.choices[0].text
+        for x in client.completions.create(model="gpt-3.5-turbo-instruct", prompt="p", stream=True)
+        if x.choices
+    )
     assert text == "ab"
 
 
@@ -324,7 +362,9 @@ def test_embeddings(gw: Gateway, fake: FakeUpstream, client: openai.OpenAI) -> N
         )
     )
     n = len(gw.records())
-    out = client.embeddings.create(model="text-embedding-3-small", input="hello world", encoding_format="float")
+    out = client.embeddings.create(
+        model="text-embedding-3-small", input="hello world", encoding_format="float"
+    )
     assert out.data[0].embedding == [0.1, -0.2, 0.3]
     assert fake.last().path == "/v1/embeddings"
     usage = last_record(gw, n)["ai"]["proxy"]["usage"]
@@ -337,7 +377,9 @@ def test_client_model_used_when_route_has_none(gw: Gateway, fake: FakeUpstream) 
     c.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "x"}])
     sent = fake.last()
     assert sent.json()["model"] == "gpt-4.1"
-    assert sent.headers["authorization"] == "Bearer sk-client-own"  # no route auth: the client's goes through
+    assert (
+        sent.headers["authorization"] == "Bearer sk-client-own"
+    )  # no route auth: the client's goes through
 
 
 def test_model_from_uri_capture(gw: Gateway, fake: FakeUpstream) -> None:
@@ -408,7 +450,9 @@ def _assert_openai_error(r: httpx.Response, status: int, code: str | None = None
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1.5}, "max_tokens"),
     ],
 )
-def test_bad_requests_are_400(gw: Gateway, fake: FakeUpstream, body: Any, param: str | None) -> None:
+def test_bad_requests_are_400(
+    gw: Gateway, fake: FakeUpstream, body: Any, param: str | None
+) -> None:
     err = _assert_openai_error(_post(gw, "/openai/v1/chat/completions", body), 400)
     assert err["param"] == param
     assert fake.received == []  # nothing reached the provider
@@ -429,13 +473,19 @@ def test_unknown_route_is_404(gw: Gateway) -> None:
 
 def test_oversized_body_is_413(gw: Gateway, fake: FakeUpstream) -> None:
     big = {"messages": [{"role": "user", "content": "x" * 5000}]}
-    err = _assert_openai_error(_post(gw, "/small/v1/chat/completions", big), 413, "request_too_large")
+    err = _assert_openai_error(
+        _post(gw, "/small/v1/chat/completions", big), 413, "request_too_large"
+    )
     assert "1024" in err["message"]
     assert fake.received == []
 
 
 def test_streaming_denied_is_400(gw: Gateway) -> None:
-    r = _post(gw, "/nostream/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True})
+    r = _post(
+        gw,
+        "/nostream/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "stream": True},
+    )
     err = _assert_openai_error(r, 400)
     assert err["message"] == "response streaming is not enabled for this LLM"
 
@@ -443,10 +493,59 @@ def test_streaming_denied_is_400(gw: Gateway) -> None:
 @pytest.mark.parametrize(
     "reply, status, message",
     [
-        (Reply.json({"error": {"message": "Invalid 'messages'", "type": "invalid_request_error", "param": "messages", "code": None}}, 400), 400, "Invalid 'messages'"),
-        (Reply.json({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}, 401), 401, "Incorrect API key provided"),
-        (Reply.json({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}, 429, {"retry-after": "7"}), 429, "Rate limit reached"),
-        (Reply(500, {"content-type": "text/html"}, b"<html><body><h1>500 Internal Server Error</h1></body></html>"), 500, "HTML error page"),
+        (
+            Reply.json(
+                {
+                    "error": {
+                        "message": "Invalid 'messages'",
+                        "type": "invalid_request_error",
+                        "param": "messages",
+                        "code": None,
+                    }
+                },
+                400,
+            ),
+            400,
+            "Invalid 'messages'",
+        ),
+        (
+            Reply.json(
+                {
+                    "error": {
+                        "message": "Incorrect API key provided",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+                401,
+            ),
+            401,
+            "Incorrect API key provided",
+        ),
+        (
+            Reply.json(
+                {
+                    "error": {
+                        "message": "Rate limit reached",
+                        "type": "requests",
+                        "code": "rate_limit_exceeded",
+                    }
+                },
+                429,
+                {"retry-after": "7"},
+            ),
+            429,
+            "Rate limit reached",
+        ),
+        (
+            Reply(
+                500,
+                {"content-type": "text/html"},
+                b"<html><body><h1>500 Internal Server Error</h1></body></html>",
+            ),
+            500,
+            "HTML error page",
+        ),
     ],
 )
 def test_upstream_errors_keep_status_and_message(
@@ -464,17 +563,38 @@ def test_upstream_errors_keep_status_and_message(
     assert rec["error"]["status"] == status
 
 
-def test_upstream_error_on_stream_request_is_plain_json(gw: Gateway, fake: FakeUpstream, client: openai.OpenAI) -> None:
-    fake.reply(Reply.json({"error": {"message": "quota exceeded", "type": "insufficient_quota", "code": "insufficient_quota"}}, 429))
+def test_upstream_error_on_stream_request_is_plain_json(
+    gw: Gateway, fake: FakeUpstream, client: openai.OpenAI
+) -> None:
+    fake.reply(
+        Reply.json(
+            {
+                "error": {
+                    "message": "quota exceeded",
+                    "type": "insufficient_quota",
+                    "code": "insufficient_quota",
+                }
+            },
+            429,
+        )
+    )
     with pytest.raises(openai.RateLimitError) as e:
-        list(client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True))
+        list(
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+        )
     assert "quota exceeded" in str(e.value)
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_dead_upstream_is_502(gw: Gateway, stream: bool) -> None:
     n = len(gw.records())
-    r = _post(gw, "/dead/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": stream})
+    r = _post(
+        gw,
+        "/dead/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "stream": stream},
+    )
     err = _assert_openai_error(r, 502, "upstream_unreachable")
     assert "127.0.0.1" in err["message"]
     rec = last_record(gw, n)
@@ -482,10 +602,16 @@ def test_dead_upstream_is_502(gw: Gateway, stream: bool) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_silent_upstream_is_504_after_read_timeout(gw: Gateway, fake: FakeUpstream, stream: bool) -> None:
+def test_silent_upstream_is_504_after_read_timeout(
+    gw: Gateway, fake: FakeUpstream, stream: bool
+) -> None:
     fake.reply(Reply(hang=True))
     t0 = time.monotonic()
-    r = _post(gw, "/openai/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": stream})
+    r = _post(
+        gw,
+        "/openai/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "stream": stream},
+    )
     waited = time.monotonic() - t0
     _assert_openai_error(r, 504, "upstream_timeout")
     assert 1.4 < waited < 5  # the service's read_timeout is 1500 ms
@@ -494,7 +620,11 @@ def test_silent_upstream_is_504_after_read_timeout(gw: Gateway, fake: FakeUpstre
 def test_upstream_cut_mid_stream_ends_with_an_error_event(gw: Gateway, fake: FakeUpstream) -> None:
     fake.reply(Reply.sse(chat_stream(["one ", "two ", "three"]), cut_after=2))
     n = len(gw.records())
-    r = _post(gw, "/openai/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True})
+    r = _post(
+        gw,
+        "/openai/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "stream": True},
+    )
     assert r.status_code == 200
     events = [e for e in r.text.split("\n\n") if e]
     assert '"one "' in r.text
@@ -506,8 +636,16 @@ def test_upstream_cut_mid_stream_ends_with_an_error_event(gw: Gateway, fake: Fak
 
 
 def test_upstream_stalling_mid_stream_times_out(gw: Gateway, fake: FakeUpstream) -> None:
-    fake.reply(Reply.sse([sse(chunk({"role": "assistant", "content": "partial"})), 3.0, b"data: [DONE]\n\n"]))
-    r = _post(gw, "/openai/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stream": True})
+    fake.reply(
+        Reply.sse(
+            [sse(chunk({"role": "assistant", "content": "partial"})), 3.0, b"data: [DONE]\n\n"]
+        )
+    )
+    r = _post(
+        gw,
+        "/openai/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "stream": True},
+    )
     assert '"partial"' in r.text
     assert '"upstream_timeout"' in r.text and r.text.endswith("data: [DONE]\n\n")
 
@@ -539,8 +677,12 @@ def test_context_headers_and_body_metadata(gw: Gateway, fake: FakeUpstream) -> N
     fake.reply(Reply.json(chat_completion()))
     n = len(gw.records())
     headers = {
-        "X-User-Id": "user-12345", "X-Session-Id": "session-abc", "X-Chat-Id": "chat-789",
-        "X-Message-Id": "msg-1", "X-Organization-Id": "org-acme", "X-Project-Id": "project-xyz",
+        "X-User-Id": "user-12345",
+        "X-Session-Id": "session-abc",
+        "X-Chat-Id": "chat-789",
+        "X-Message-Id": "msg-1",
+        "X-Organization-Id": "org-acme",
+        "X-Project-Id": "project-xyz",
     }
     body = {
         "messages": [{"role": "user", "content": "Recommend a movie"}],

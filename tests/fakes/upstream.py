@@ -47,7 +47,11 @@ class Reply:
 
     @classmethod
     def json(cls, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
-        return cls(status, {"content-type": "application/json", **(headers or {})}, json.dumps(data).encode())
+        return cls(
+            status,
+            {"content-type": "application/json", **(headers or {})},
+            json.dumps(data).encode(),
+        )
 
     @classmethod
     def sse(cls, events: list[bytes | float], **kw: Any) -> Reply:
@@ -103,7 +107,9 @@ class FakeUpstream:
 
     def reply(self, reply: Reply | Handler) -> None:
         """Answer every following request with `reply` (or by calling it)."""
-        self.handler = reply if callable(reply) and not isinstance(reply, Reply) else (lambda r: reply)
+        self.handler = (
+            reply if callable(reply) and not isinstance(reply, Reply) else (lambda r: reply)
+        )
 
     def last(self) -> Received:
         assert self.received, "the upstream received no request"
@@ -141,7 +147,9 @@ class FakeUpstream:
 
     async def _write(self, reply: Reply, writer: asyncio.StreamWriter) -> bool:
         phrase = HTTPStatus(reply.status).phrase
-        head = [f"HTTP/1.1 {reply.status} {phrase}"] + [f"{k}: {v}" for k, v in reply.headers.items()]
+        head = [f"HTTP/1.1 {reply.status} {phrase}"] + [
+            f"{k}: {v}" for k, v in reply.headers.items()
+        ]
         if reply.chunks is None:
             head.append(f"content-length: {len(reply.body)}")
             writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + reply.body)
@@ -186,7 +194,9 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
 # ------------------------------------------------------------- OpenAI-shaped data
 
 
-def chat_completion(content: str = "Hello!", model: str = "gpt-4o-mini", **usage: int) -> dict[str, Any]:
+def chat_completion(
+    content: str = "Hello!", model: str = "gpt-4o-mini", **usage: int
+) -> dict[str, Any]:
     u = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14, **usage}
     u["total_tokens"] = u["prompt_tokens"] + u["completion_tokens"]
     return {
@@ -195,7 +205,11 @@ def chat_completion(content: str = "Hello!", model: str = "gpt-4o-mini", **usage
         "created": 1700000000,
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
         ],
         "usage": u,
     }
@@ -205,7 +219,9 @@ def sse(obj: Any) -> bytes:
     return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
 
 
-def chunk(delta: dict[str, Any], finish: str | None = None, model: str = "gpt-4o-mini") -> dict[str, Any]:
+def chunk(
+    delta: dict[str, Any], finish: str | None = None, model: str = "gpt-4o-mini"
+) -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion.chunk",
@@ -216,7 +232,10 @@ def chunk(delta: dict[str, Any], finish: str | None = None, model: str = "gpt-4o
 
 
 def chat_stream(
-    words: list[str], usage: tuple[int, int] = (9, 4), pause: float = 0.0, model: str = "gpt-4o-mini"
+    words: list[str],
+    usage: tuple[int, int] = (9, 4),
+    pause: float = 0.0,
+    model: str = "gpt-4o-mini",
 ) -> list[bytes | float]:
     """An OpenAI chat stream: role chunk, one chunk per word, finish, usage, [DONE]."""
     events: list[bytes | float] = [sse(chunk({"role": "assistant", "content": ""}, model=model))]
@@ -233,7 +252,11 @@ def chat_stream(
                 "created": 1700000000,
                 "model": model,
                 "choices": [],
-                "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)},
+                "usage": {
+                    "prompt_tokens": usage[0],
+                    "completion_tokens": usage[1],
+                    "total_tokens": sum(usage),
+                },
             }
         )
     )
