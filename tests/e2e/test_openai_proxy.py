@@ -134,7 +134,8 @@ plugins:
 def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     dead = free_port()  # nothing listens here
     config = CONFIG.replace("UPSTREAM", upstream.url).replace("DEAD", f"http://127.0.0.1:{dead}")
-    g = Gateway(tmp_path_factory.mktemp("gw"), config, env={"LLMITM_TEST_KEY": SECRET})
+    # Not quiet: the leak check below covers mitmdump's default log lines too.
+    g = Gateway(tmp_path_factory.mktemp("gw"), config, quiet=False, env={"LLMITM_TEST_KEY": SECRET})
     g.wait_ready()
     yield g
     g.stop()
