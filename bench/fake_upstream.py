@@ -1,0 +1,242 @@
+"""A fast fake LLM provider for the benchmark: raw asyncio Protocols, canned answers.
+
+    python bench/fake_upstream.py --port 18000 [--chunks 20] [--first-delay-ms 50]
+
+It must never be the bottleneck, so it parses only what it needs (request line,
+Content-Length, Connection) straight from the socket buffer and writes precomputed
+bytes: no HTTP library, no JSON parsing. HTTP/1.1 keep-alive and pipelining work.
+
+Endpoints live in `ENDPOINTS` (path -> handler). A handler gets the request body and
+returns what to send: one whole response, or an `SSEPlan` the protocol sends as a
+chunked stream on a timer. Adding a provider's wire format for a new bench variant
+(e.g. Anthropic's `/v1/messages`) is adding one handler and one `ENDPOINTS` entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MODEL = "gpt-4o-mini"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """How streamed answers are paced: the first event after `first_delay` seconds (so
+    that time to first token is measurable), then one every `chunk_delay` seconds."""
+
+    chunks: int = 20
+    first_delay: float = 0.05
+    chunk_delay: float = 0.002
+
+
+@dataclass(frozen=True, slots=True)
+class SSEPlan:
+    """A streamed answer: response head, then each event as one HTTP chunk."""
+
+    head: bytes
+    events: list[bytes]
+
+
+Handler = Callable[[bytes, StreamSettings], "bytes | SSEPlan"]
+
+
+def _response(status: str, content_type: str, body: bytes) -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def _json_response(obj: object, status: str = "200 OK") -> bytes:
+    return _response(status, "application/json", json.dumps(obj, separators=(",", ":")).encode())
+
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_INCLUDE_USAGE = re.compile(rb'"include_usage"\s*:\s*true')
+
+# ------------------------------------------------------------------ OpenAI chat
+
+_USAGE = {"prompt_tokens": 12, "completion_tokens": 20, "total_tokens": 32}
+OPENAI_CHAT_BODY = _json_response(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _USAGE,
+    }
+)
+
+
+def _sse(obj: object) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _openai_chunk(delta: dict[str, str], finish: str | None = None, usage: object = None) -> bytes:
+    choices = [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    chunk: dict[str, object] = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": MODEL,
+        "choices": choices,
+    }
+    if usage:
+        chunk["usage"] = usage
+    return _sse(chunk)
+
+
+def openai_events(n: int, include_usage: bool) -> list[bytes]:
+    """`n` content chunks (the first also carries the role, the last the finish reason),
+    the usage chunk when asked for, then `[DONE]`."""
+    events = []
+    for i in range(n):
+        delta = {"role": "assistant", "content": f"tok{i} "} if i == 0 else {"content": f"tok{i} "}
+        events.append(_openai_chunk(delta, "stop" if i == n - 1 else None))
+    if include_usage:
+        events.append(_openai_chunk({}, usage={**_USAGE, "completion_tokens": n}))
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def openai_chat(body: bytes, settings: StreamSettings) -> bytes | SSEPlan:
+    """OpenAI `POST /v1/chat/completions`: a chat.completion, or its SSE stream."""
+    if _STREAM_TRUE.search(body):
+        return SSEPlan(SSE_HEAD, openai_events(settings.chunks, bool(_INCLUDE_USAGE.search(body))))
+    return OPENAI_CHAT_BODY
+
+
+#: path -> handler; each bench variant names the endpoint its gateway route calls.
+ENDPOINTS: dict[str, Handler] = {
+    "/v1/chat/completions": openai_chat,
+}
+
+NOT_FOUND = _json_response({"error": {"message": "no such endpoint"}}, "404 Not Found")
+BAD_REQUEST = _response("400 Bad Request", "text/plain", b"unsupported request\n")
+
+
+class FakeProvider(asyncio.Protocol):
+    """One client connection: parse requests from the buffer, answer them in order.
+
+    While a stream is being sent, further (pipelined) requests wait in the buffer."""
+
+    def __init__(self, settings: StreamSettings) -> None:
+        self.settings = settings
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.streaming: asyncio.TimerHandle | None = None
+        self.close_after = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.streaming is not None:
+            self.streaming.cancel()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.streaming is None:
+            self.process()
+
+    def process(self) -> None:
+        """Answer every complete request in the buffer (stops at a stream)."""
+        while self.transport is not None and self.streaming is None:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end]).lower()
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name == b"content-length":
+                    length = int(value) if value.strip().isdigit() else -1
+                elif name == b"transfer-encoding":
+                    self.reply(BAD_REQUEST, close=True)  # chunked uploads: not needed here
+                    return
+                elif name == b"connection" and b"close" in value:
+                    self.close_after = True
+            if length < 0:
+                self.reply(BAD_REQUEST, close=True)
+                return
+            if len(self.buf) < end + 4 + length:
+                return
+            body = bytes(self.buf[end + 4 : end + 4 + length])
+            del self.buf[: end + 4 + length]
+            parts = head.split(b" ", 2)
+            handler = ENDPOINTS.get(parts[1].decode("latin-1")) if len(parts) == 3 else None
+            if handler is None or parts[0] != b"post":
+                self.reply(NOT_FOUND)
+                continue
+            answer = handler(body, self.settings)
+            if isinstance(answer, SSEPlan):
+                self.transport.write(answer.head)
+                self.send_events(answer.events, 0)
+            else:
+                self.reply(answer)
+
+    def reply(self, data: bytes, close: bool = False) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        if close or self.close_after:
+            self.transport.close()
+            self.transport = None
+
+    def send_events(self, events: list[bytes], i: int) -> None:
+        """Schedule event `i`; each sends itself, then schedules the next."""
+        delay = self.settings.first_delay if i == 0 else self.settings.chunk_delay
+        loop = asyncio.get_running_loop()
+        self.streaming = loop.call_later(delay, self._send_event, events, i)
+
+    def _send_event(self, events: list[bytes], i: int) -> None:
+        if self.transport is None:
+            return
+        ev = events[i]
+        self.transport.write(b"%x\r\n%b\r\n" % (len(ev), ev))
+        if i + 1 < len(events):
+            self.send_events(events, i + 1)
+            return
+        self.streaming = None
+        self.reply(b"0\r\n\r\n")
+        self.process()
+
+
+async def serve(port: int, settings: StreamSettings) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: FakeProvider(settings), "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
+    ap.add_argument("--first-delay-ms", type=float, default=50.0)
+    ap.add_argument("--chunk-delay-ms", type=float, default=2.0)
+    args = ap.parse_args()
+    settings = StreamSettings(args.chunks, args.first_delay_ms / 1000, args.chunk_delay_ms / 1000)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.port, settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,502 @@
+"""Benchmark the llmitm gateway against bare mitmdump, on this machine.
+
+    python bench/run.py            # from the repo root, with the venv active
+    python bench/run.py --quick    # shorter runs, for a smoke check
+
+It starts a fake OpenAI upstream (bench/fake_upstream.py), bare mitmdump in reverse
+mode in front of it, and one gateway mitmdump per variant (bench/variants.py), each on
+a free port of 127.0.0.1. Then it loads each with wrk (non-streamed requests, 1 and 16
+connections), times the first token of streamed requests, and prints one table with
+the gateway's figures next to bare mitmdump's and the project's targets. A MISS is
+reported, not an error; the exit status is non-zero only when a component fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import fake_upstream
+from loadgen import (
+    Connection,
+    HTTPError,
+    WrkResult,
+    measure_ttft,
+    run_wrk,
+    timed_stream,
+    wrk_path,
+    wrk_version,
+)
+from procs import HOST, Process, Processes, StartupError, free_port
+from variants import BARE, BARE_STREAMING, VARIANTS, Variant
+
+ROOT = Path(__file__).resolve().parent.parent
+GATEWAY_SCRIPT = ROOT / "addons" / "gateway.py"
+LOW, HIGH = 1, 16  # wrk connections: latency is judged at LOW, throughput at HIGH
+CONCURRENCY = (LOW, HIGH)
+
+# The project's targets for the gateway, relative to bare mitmdump.
+MIN_THROUGHPUT_RATIO = 0.8  # gateway req/s / bare req/s, at HIGH connections
+MAX_ADDED_P50_MS = 0.5  # gateway p50 - bare p50, at LOW connections
+MAX_ADDED_TTFT_MS = 1.0  # gateway TTFT p50 - bare TTFT p50
+
+WRK_INSTALL_HINT = """\
+wrk is not installed; the benchmark uses it to generate load. Install it with:
+    sudo apt-get install -y wrk      (Debian, Ubuntu)
+    brew install wrk                 (macOS)"""
+
+
+@dataclass(slots=True)
+class Server:
+    """A started mitmdump and the variant it runs."""
+
+    variant: Variant
+    port: int
+    pid: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}{self.variant.client_path}"
+
+
+@dataclass(slots=True)
+class Measured:
+    """Everything measured for one variant, over all rounds."""
+
+    wrk: dict[int, list[WrkResult]] = field(default_factory=dict)  # connections -> per round
+    ttft_ms: list[list[float]] = field(default_factory=list)  # per round, per request
+
+    def median(self, connections: int, attr: str) -> float:
+        """The median over rounds of a WrkResult field (rps, p50 or p99)."""
+        return statistics.median(float(getattr(r, attr)) for r in self.wrk[connections])
+
+    def ttft_p50(self) -> float:
+        return statistics.median(t for round_ in self.ttft_ms for t in round_)
+
+    def errors(self) -> int:
+        return sum(r.errors for runs in self.wrk.values() for r in runs)
+
+
+# ------------------------------------------------------------------ machine
+
+
+def checkout() -> str:
+    """The commit of the gateway code under test, and whether it has local changes."""
+    try:
+        git = ["git", "-C", str(ROOT)]
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "addons", "providers", "exporters"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{commit} (with uncommitted changes)" if dirty else commit
+
+
+def machine() -> dict[str, str]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "llmitm": checkout(),
+        "cpu": cpu,
+        "cores": str(usable),
+        "python": platform.python_version(),
+        "mitmproxy": importlib.metadata.version("mitmproxy"),
+        "wrk": wrk_version(),
+        # other work on the machine skews the figures: say how busy it was at the start
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+# ------------------------------------------------------------------ servers
+
+
+def mitmdump_path() -> str:
+    """The mitmdump of this Python's environment (the venv), else the one on PATH."""
+    local = Path(sys.executable).with_name("mitmdump")
+    if local.exists():
+        return str(local)
+    found = shutil.which("mitmdump")
+    if found is None:
+        raise StartupError("mitmdump not found: activate the venv (see the README)")
+    return found
+
+
+def start_fake(procs: Processes, args: argparse.Namespace) -> int:
+    port = free_port()
+    argv = [
+        sys.executable,
+        str(Path(fake_upstream.__file__).resolve()),
+        f"--port={port}",
+        f"--chunks={args.chunks}",
+        f"--first-delay-ms={args.first_delay_ms}",
+        f"--chunk-delay-ms={args.chunk_delay_ms}",
+    ]
+    procs.start("fake upstream", argv, port)
+    return port
+
+
+def start_mitmdump(procs: Processes, variant: Variant, fake_port: int, workdir: Path) -> Server:
+    """Start mitmdump for `variant` (bare when it has no config) and check it answers."""
+    port = free_port()
+    confdir = workdir / f"confdir-{port}"  # isolated from ~/.mitmproxy and its config.yaml
+    confdir.mkdir()
+    argv = [mitmdump_path(), "-q"]
+    if variant.config is None:
+        target = f"http://{HOST}:{fake_port}"  # bare: mitmproxy forwards to the fake
+    else:
+        target = f"http://{HOST}:9"  # unused: the gateway does its own upstream I/O
+        config = workdir / f"{variant.name}-{port}.yaml"
+        config.write_text(variant.render_config(f"http://{HOST}:{fake_port}", workdir))
+        argv += ["-s", str(GATEWAY_SCRIPT), "--set", f"llmitm_config={config}"]
+    argv += [
+        "--mode",
+        f"reverse:{target}@{HOST}:{port}",
+        "--set",
+        "connection_strategy=lazy",
+        "--set",
+        f"confdir={confdir}",
+        *variant.mitmdump_args,
+    ]
+    name = f"mitmdump ({variant.summary})"
+    # Import the gateway from this checkout, even when the venv's editable install of
+    # llmitm points at another one.
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    proc = procs.start(name, argv, port, env={**os.environ, "PYTHONPATH": pythonpath})
+    server = Server(variant, port, proc.pid)
+    try:
+        check(server)
+    except (HTTPError, OSError, ValueError) as e:
+        raise StartupError(f"{name} does not answer as expected: {e}\n{proc.output_tail()}") from e
+    return server
+
+
+def check(server: Server) -> None:
+    """One non-streamed and one streamed request must succeed before any load."""
+    variant = server.variant
+    with Connection(server.port, timeout=10) as conn:
+        status, body = conn.post(variant.client_path, variant.body())
+        answer = json.loads(body) if status == 200 else None
+        if not isinstance(answer, dict) or not answer.get("choices"):
+            raise HTTPError(f"status {status}: {body[:300]!r}")
+        timed_stream(conn, variant.client_path, variant.body(stream=True))
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def start_profiler(procs: Processes, server: Server, seconds: float, out: Path) -> Process:
+    """py-spy records `server` for `seconds` into a flame graph (SVG) in `out`."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    exe = str(py_spy) if py_spy.exists() else shutil.which("py-spy")
+    if exe is None:
+        raise StartupError("--profile needs py-spy: pip install py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    svg = out / f"{server.variant.name}-c{HIGH}.svg"
+    argv = [exe, "record", "-p", str(server.pid), "-d", str(max(1, round(seconds)))]
+    return procs.spawn(f"py-spy {server.variant.name}", [*argv, "-o", str(svg)])
+
+
+def measure(
+    args: argparse.Namespace,
+    procs: Processes,
+    load: list[Server],
+    streams: list[Server],
+    workdir: Path,
+) -> dict[str, Measured]:
+    """Run every wrk and TTFT measurement. Within a round the targets take turns per
+    concurrency level, so slow drifts of the machine hit all of them alike."""
+    results = {server.variant.name: Measured() for server in load}
+    bodies: dict[str, Path] = {}
+    for server in load:
+        path = bodies[server.variant.name] = workdir / f"{server.variant.name}-body.json"
+        path.write_bytes(server.variant.body())
+        if args.warmup > 0:
+            print(f"  warm-up {server.variant.name}", flush=True)
+            run_wrk(server.url, path, max(CONCURRENCY), args.warmup)
+    for round_ in range(1, args.rounds + 1):
+        label = f"round {round_}/{args.rounds}: " if args.rounds > 1 else ""
+        for connections in CONCURRENCY:
+            for server in load:
+                name = server.variant.name
+                print(f"  {label}wrk {name} c={connections} {args.duration:g}s", flush=True)
+                profiler = None
+                if args.profile and connections == HIGH and server.variant.config is not None:
+                    profiler = start_profiler(procs, server, args.duration - 1, args.profile)
+                result = run_wrk(server.url, bodies[name], connections, args.duration)
+                results[name].wrk.setdefault(connections, []).append(result)
+                if profiler is not None:
+                    profiler.popen.wait(30)
+        for server in streams:
+            name = server.variant.name
+            print(f"  {label}TTFT {name} x{args.ttft_requests}", flush=True)
+            body = server.variant.body(stream=True)
+            samples = measure_ttft(
+                server.port, server.variant.client_path, body, args.ttft_requests
+            )
+            results[name].ttft_ms.append(samples)
+    return results
+
+
+# ------------------------------------------------------------------ report
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def _row(label: str, measured: str, target: str, mark: str) -> str:
+    return f"  {label:<36}{measured:>10}   {target:<11} {mark}"
+
+
+def report(args: argparse.Namespace, info: dict[str, str], results: dict[str, Measured]) -> str:
+    """The table: each target's figures, then each variant against bare and the targets."""
+    group = "{:-^26}"
+    width = max(12, *(len(name) for name in results))
+    lines = [
+        f"llmitm benchmark, {info['date']}, gateway code {info['llmitm']}",
+        (
+            f"machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}; "
+            f"mitmproxy {info['mitmproxy']}; wrk {info['wrk']}; "
+            f"load average at start {info['load']}"
+        ),
+        (
+            f"load: wrk POSTs a non-streamed chat request, {args.duration:g} s per run after a "
+            f"{args.warmup:g} s warm-up; {args.rounds} round(s), medians shown"
+        ),
+        (
+            f"streams: {args.chunks} chunks, the first after {args.first_delay_ms:g} ms, then "
+            f"every {args.chunk_delay_ms:g} ms; TTFT over {args.ttft_requests} sequential "
+            "requests per round"
+        ),
+        "",
+        f"{'':{width}}  {group.format(f' c={LOW} ')}  {group.format(f' c={HIGH} ')}  {'TTFT':>7}",
+        (
+            f"{'target':{width}}  {'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}  {'req/s':>8}{'p50 ms':>9}"
+            f"{'p99 ms':>9}  {'p50 ms':>7}"
+        ),
+    ]
+    for name, m in results.items():
+        row = f"{name:{width}}"
+        for c in CONCURRENCY:
+            row += f"  {m.median(c, 'rps'):8.1f}{m.median(c, 'p50'):9.2f}{m.median(c, 'p99'):9.2f}"
+        mark = "*" if name == BARE.name else ""
+        lines.append(f"{row}  {m.ttft_p50():7.2f}{mark}")
+    lines.append(
+        f"* {BARE.name} TTFT: {BARE_STREAMING.summary} (without it mitmdump holds a stream "
+        "back until its end)"
+    )
+
+    bare = results[BARE.name]
+    for name, m in results.items():
+        if name == BARE.name:
+            continue
+        ratio = m.median(HIGH, "rps") / bare.median(HIGH, "rps")
+        p50 = m.median(LOW, "p50") - bare.median(LOW, "p50")
+        ttft = m.ttft_p50() - bare.ttft_p50()
+        failed = bool(m.errors() or bare.errors())
+        lines += [
+            "",
+            f"{name + ' vs ' + BARE.name:<38}{'measured':>10}   {'target':<11} verdict",
+            _row(
+                f"throughput at c={HIGH} ({name}/{BARE.name})",
+                f"{ratio:.2f}x",
+                f">= {MIN_THROUGHPUT_RATIO:.2f}x",
+                "ERRORS" if failed else verdict(ratio >= MIN_THROUGHPUT_RATIO),
+            ),
+            _row(
+                f"added p50 latency at c={LOW}",
+                f"{p50:+.2f} ms",
+                f"<= {MAX_ADDED_P50_MS:.2f} ms",
+                "ERRORS" if failed else verdict(p50 <= MAX_ADDED_P50_MS),
+            ),
+            _row(
+                "added TTFT p50",
+                f"{ttft:+.2f} ms",
+                f"<= {MAX_ADDED_TTFT_MS:.2f} ms",
+                verdict(ttft <= MAX_ADDED_TTFT_MS),
+            ),
+        ]
+        if args.rounds > 1:
+            rounds = zip(
+                m.wrk[HIGH],
+                bare.wrk[HIGH],
+                m.wrk[LOW],
+                bare.wrk[LOW],
+                m.ttft_ms,
+                bare.ttft_ms,
+                strict=True,
+            )
+            lines.append("  per round (throughput, added p50, added TTFT):")
+            for g_high, b_high, g_low, b_low, g_ttft, b_ttft in rounds:
+                lines.append(
+                    f"    {g_high.rps / b_high.rps:.2f}x  {g_low.p50 - b_low.p50:+.2f} ms  "
+                    f"{statistics.median(g_ttft) - statistics.median(b_ttft):+.2f} ms"
+                )
+        if failed:
+            lines.append(
+                f"  ! {m.errors()} {name} and {bare.errors()} {BARE.name} requests failed under "
+                "load (non-2xx or socket errors): the load figures are not comparable"
+            )
+    return "\n".join(lines)
+
+
+def save_json(
+    path: Path, args: argparse.Namespace, info: dict[str, str], results: dict[str, Measured]
+) -> None:
+    data = {
+        "machine": info,
+        "args": vars(args)
+        | {
+            "json": str(args.json),
+            "profile": str(args.profile) if args.profile else None,
+            "variants": [v.name for v in args.variants],
+        },
+        "results": {
+            name: {
+                "wrk": {
+                    str(c): [{k: v for k, v in asdict(r).items() if k != "output"} for r in runs]
+                    for c, runs in m.wrk.items()
+                },
+                "ttft_ms": m.ttft_ms,
+            }
+            for name, m in results.items()
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------ main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description="Benchmark the llmitm gateway against bare mitmdump.",
+    )
+    ap.add_argument("--duration", type=float, help="seconds per wrk run (10; --quick: 3)")
+    ap.add_argument(
+        "--warmup", type=float, help="seconds of wrk warm-up per target (2; --quick: 1)"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="repeat all runs; medians are reported (1)"
+    )
+    ap.add_argument(
+        "--ttft-requests", type=int, help="streamed requests per round (50; --quick: 20)"
+    )
+    ap.add_argument("--chunks", type=int, default=20, help="content chunks per stream (20)")
+    ap.add_argument(
+        "--first-delay-ms", type=float, default=50.0, help="fake's delay to the first chunk (50)"
+    )
+    ap.add_argument(
+        "--chunk-delay-ms", type=float, default=2.0, help="fake's delay between chunks (2)"
+    )
+    ap.add_argument(
+        "--variants",
+        default=",".join(v.name for v in VARIANTS),
+        help="comma-separated gateway variants to run (default: all: %(default)s)",
+    )
+    ap.add_argument("--quick", action="store_true", help="shorter defaults, for a smoke check")
+    ap.add_argument("--json", type=Path, help="also write the raw results to this file")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help=f"py-spy flame graphs of each gateway variant during its c={HIGH} runs, into "
+        "DIR (sampling slows the gateway: do not compare the figures of such a run)",
+    )
+    args = ap.parse_args(argv)
+    quick = args.quick
+    if args.duration is None:
+        args.duration = 3.0 if quick else 10.0
+    if args.warmup is None:
+        args.warmup = 1.0 if quick else 2.0
+    if args.ttft_requests is None:
+        args.ttft_requests = 20 if quick else 50
+    known = {v.name: v for v in VARIANTS}
+    unknown = [n for n in args.variants.split(",") if n not in known]
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    args.variants = [known[n] for n in args.variants.split(",")]
+    if args.rounds < 1 or args.ttft_requests < 1 or args.duration < 1:
+        ap.error("--rounds, --ttft-requests and --duration must be at least 1")
+    return args
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through Processes, which stops the children
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if wrk_path() is None:
+        print(WRK_INSTALL_HINT, file=sys.stderr)
+        return 2
+    for variant in [BARE, *args.variants]:
+        if variant.fake_endpoint not in fake_upstream.ENDPOINTS:
+            print(
+                f"variant {variant.name}: the fake has no {variant.fake_endpoint}", file=sys.stderr
+            )
+            return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    info = machine()
+    with tempfile.TemporaryDirectory(prefix="llmitm-bench-") as tmp, Processes(Path(tmp)) as procs:
+        workdir = Path(tmp)
+        try:
+            print("starting the fake upstream, bare mitmdump and the gateway...", flush=True)
+            fake_port = start_fake(procs, args)
+            bare = start_mitmdump(procs, BARE, fake_port, workdir)
+            bare_streaming = start_mitmdump(procs, BARE_STREAMING, fake_port, workdir)
+            gateways = [start_mitmdump(procs, v, fake_port, workdir) for v in args.variants]
+            for server in [bare, bare_streaming, *gateways]:
+                print(f"  {server.variant.summary}: port {server.port}, pid {server.pid}")
+            print("measuring...", flush=True)
+            results = measure(args, procs, [bare, *gateways], [bare_streaming, *gateways], workdir)
+        except StartupError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except (HTTPError, OSError, RuntimeError) as e:
+            print(f"error while measuring: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted; stopping the servers", file=sys.stderr)
+            return 130
+    print()
+    print(report(args, info, results))
+    if args.json:
+        save_json(args.json, args, info, results)
+        print(f"\nraw results: {args.json}")
+    if args.profile:
+        print(f"flame graphs: {args.profile}/ (figures of a profiled run are skewed)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
