@@ -23,7 +23,7 @@ from addons.config.plugins import AIProxyConfig
 from addons.errors import from_provider_error
 from addons.state import Gateway
 from addons.streaming import StreamOwner
-from addons.upstream import HOP_BY_HOP, Timeouts, upstream_failure
+from addons.upstream import HOP_BY_HOP, Timeouts, UpstreamResponse, upstream_failure
 from providers.base import CallSpec, Provider, ProviderError, RouteType, UpstreamRequest
 
 log = logging.getLogger("llmitm")
@@ -253,19 +253,19 @@ class AIProxy:
             call.error_source = "upstream"
             raise
         call.upstream_headers = now()
-        call.upstream_status = resp.status_code
+        call.upstream_status = resp.status
         upstream_headers = {
-            k: v for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE
+            k.lower(): v for k, v in resp.headers if k.lower() not in _DROP_RESPONSE
         }
         preserve = spec.route_type is RouteType.PRESERVE
 
-        if resp.status_code >= 400:
+        if resp.status >= 400:
             call.upstream_ended = call.upstream_headers
-            err = provider.parse_error(resp.status_code, dict(resp.headers), resp.content)
+            err = provider.parse_error(resp.status, resp.header_dict(), resp.body)
             call.fail(err, "upstream")
             if preserve:  # untouched, as the upstream sent it
                 flow.response = http.Response.make(
-                    resp.status_code, resp.content, self._headers(call, conf, upstream_headers)
+                    resp.status, resp.body, self._headers(call, conf, upstream_headers)
                 )
             else:
                 upstream_headers.pop("content-type", None)
@@ -280,9 +280,7 @@ class AIProxy:
 
         call.upstream_ended = now()
         try:
-            reply = provider.parse_response(
-                spec, resp.status_code, dict(resp.headers), resp.content
-            )
+            reply = provider.parse_response(spec, resp.status, resp.header_dict(), resp.body)
         except ProviderError:
             call.error_source = "upstream"
             raise
@@ -294,7 +292,7 @@ class AIProxy:
         if not preserve:
             upstream_headers["content-type"] = "application/json"
         flow.response = http.Response.make(
-            resp.status_code, reply.body, self._headers(call, conf, upstream_headers)
+            resp.status, reply.body, self._headers(call, conf, upstream_headers)
         )
 
     def _relay(
@@ -302,7 +300,7 @@ class AIProxy:
         flow: http.HTTPFlow,
         call: Call,
         conf: AIProxyConfig,
-        resp: Any,
+        resp: UpstreamResponse,
         upstream_headers: dict[str, str],
         timeouts: Timeouts,
     ) -> None:
@@ -326,9 +324,7 @@ class AIProxy:
             headers.setdefault("cache-control", "no-cache")
         headers[RELAY_MARK] = "1"
         relay = self.gw.upstream.relay
-        token = relay.register(
-            resp.status_code, list(headers.items()), resp.aiter_bytes(), resp.aclose, on_end
-        )
+        token = relay.register(resp.status, list(headers.items()), resp.chunks, resp.aclose, on_end)
         call.relay_token = token
         call.client_request = (
             flow.request.url,

@@ -74,8 +74,11 @@ class Lifecycle:
         return None
 
 
-# httpx logs every request at INFO; the gateway's own log lines say what matters.
-logging.getLogger("httpx").setLevel(logging.WARNING)
+# httpx logs every request at INFO and httpcore each step at DEBUG; mitmproxy hands
+# every log record to every addon, so at ~10 records per call this was the gateway's
+# largest per-request cost. The gateway's own log lines say what matters.
+for _name in ("httpx", "httpcore", "hpack", "aiohttp"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 gateway = Gateway()
 addons = chain(gateway)

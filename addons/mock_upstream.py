@@ -1,8 +1,8 @@
-"""The `mock://` upstream: `provider: mock` served from memory through httpx.
+"""The `mock://` upstream: `provider: mock` answered from memory.
 
-The gateway talks to it exactly as to a remote OpenAI-compatible server (same client,
-same response parsing, same relay for streams), so the quickstart exercises the real
-request path without a network or an account.
+The gateway treats it exactly like a remote OpenAI-compatible server (same response
+parsing, same relay for streams), so the quickstart exercises the real request path
+without a network or an account; only the socket is missing.
 """
 
 from __future__ import annotations
@@ -10,45 +10,41 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-
-import httpx
+from urllib.parse import urlsplit
 
 from providers import mock
+from providers.base import UpstreamRequest
+
+JSON = [("content-type", "application/json")]
 
 
-class _Events(httpx.AsyncByteStream):
-    def __init__(self, events: list[bytes], delay: float) -> None:
-        self._events = events
-        self._delay = delay
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for i, event in enumerate(self._events):
-            if i and self._delay:
-                await asyncio.sleep(self._delay)
-            yield event
+async def _paced(events: list[bytes], delay: float) -> AsyncIterator[bytes]:
+    for i, event in enumerate(events):
+        if i and delay:
+            await asyncio.sleep(delay)
+        yield event
 
 
-class MockTransport(httpx.AsyncBaseTransport):
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-        try:
-            data = json.loads(body) if body else {}
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            error = {
-                "error": {
-                    "message": "mock: body is not a JSON object",
-                    "type": "invalid_request_error",
-                }
-            }
-            return httpx.Response(400, json=error)
-        path = request.url.path
-        if data.get("stream"):
-            events = mock.stream(path, data)
-            return httpx.Response(
-                200,
-                headers={"content-type": "text/event-stream"},
-                stream=_Events(events, mock.chunk_delay(data)),
-            )
-        return httpx.Response(200, json=mock.respond(path, data))
+def respond(
+    req: UpstreamRequest,
+) -> tuple[int, list[tuple[str, str]], bytes, AsyncIterator[bytes] | None]:
+    """(status, headers, body, chunks) of the mock model's answer to `req`."""
+    try:
+        data = json.loads(req.body) if req.body else {}
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        error = {
+            "error": {"message": "mock: body is not a JSON object", "type": "invalid_request_error"}
+        }
+        return 400, JSON, json.dumps(error).encode(), None
+    path = urlsplit(req.url).path
+    if data.get("stream"):
+        events = mock.stream(path, data)
+        return (
+            200,
+            [("content-type", "text/event-stream")],
+            b"",
+            _paced(events, mock.chunk_delay(data)),
+        )
+    return 200, JSON, json.dumps(mock.respond(path, data)).encode(), None
