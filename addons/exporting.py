@@ -38,7 +38,8 @@ class Exporters:
                 self._close_later(self.deliveries.pop(key))
         for key, plugin in wanted.items():
             if key not in self.deliveries:
-                delivery = Delivery(make_sink(plugin))
+                # a short linger batches records under load: one thread hand-off per batch
+                delivery = Delivery(make_sink(plugin), linger=0.02)
                 delivery.start()
                 self.deliveries[key] = delivery
 

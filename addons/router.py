@@ -9,7 +9,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from addons.calls import Call, now
+from addons.calls import Call, now, read_context
 from addons.errors import error_response
 
 
@@ -28,6 +28,8 @@ class Router:
         req = flow.request
         host = req.host_header or req.pretty_host
         match = config.table.match(req.method, host, req.path, req.headers)
+        if match is None and not isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            return  # forward mode: not ours to route
         peer = flow.client_conn.peername
         call = Call(
             config=config,
@@ -35,10 +37,9 @@ class Router:
             match=match,
             started_at=req.timestamp_start or now(),
             client_ip=peer[0] if peer else "",
+            context=read_context(req.headers, None),
         )
         if match is None:
-            if not isinstance(flow.client_conn.proxy_mode, ReverseMode):
-                return  # forward mode: not ours to route
             flow.response = error_response(
                 404, "no Route matched with those values", code="route_not_found"
             )

@@ -1,6 +1,10 @@
 """Kong's file-log: each call record as one JSON object per line.
 
-Serializing and writing happen in a worker thread, never on mitmproxy's event loop.
+Records are serialized on the delivery task and written by a worker thread, so no disk
+I/O happens on mitmproxy's event loop. Serializing in the thread instead was measured
+to cost the event loop milliseconds per call: the thread held the GIL while encoding,
+and the loop waited out the interpreter's 5 ms switch interval. A write releases the
+GIL for the system call.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ import asyncio
 import json
 import os
 import threading
-from typing import IO
+from typing import BinaryIO
 
 from exporters.record import CallRecord
 
@@ -19,23 +23,23 @@ class FileSink:
         self.name = f"file-log:{path}"
         self.path = path
         self.reopen = reopen
-        self._fh: IO[str] | None = None
+        self._fh: BinaryIO | None = None
         self._lock = threading.Lock()
 
     async def send(self, records: list[CallRecord]) -> None:
-        await asyncio.to_thread(self._write, records)
-
-    def _write(self, records: list[CallRecord]) -> None:
-        text = "".join(
+        data = "".join(
             json.dumps(r.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
             for r in records
-        )
+        ).encode()
+        await asyncio.to_thread(self._write, data)
+
+    def _write(self, data: bytes) -> None:
         with self._lock:
             if self._fh is None:
                 parent = os.path.dirname(os.path.abspath(self.path))
                 os.makedirs(parent, exist_ok=True)
-                self._fh = open(self.path, "a", encoding="utf-8")
-            self._fh.write(text)
+                self._fh = open(self.path, "ab")
+            self._fh.write(data)
             self._fh.flush()
             if self.reopen:
                 self._fh.close()

@@ -113,7 +113,9 @@ class Gateway:
     def records(self) -> list[dict[str, Any]]:
         if not self.records_path.exists():
             return []
-        return [json.loads(line) for line in self.records_path.read_text().splitlines() if line]
+        text = self.records_path.read_text()
+        # the last line may still be being written: only whole lines count
+        return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line]
 
     def wait_records(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         deadline = time.time() + timeout
@@ -122,6 +124,20 @@ class Gateway:
             if len(recs) >= n or time.time() > deadline:
                 assert len(recs) >= n, f"expected {n} records, got {len(recs)}:\n{self.log()}"
                 return recs
+            time.sleep(0.02)
+
+    def record(self, timeout: float = 5.0, **context: str) -> dict[str, Any]:
+        """The last record whose `context` has these values (waits for it)."""
+        deadline = time.time() + timeout
+        while True:
+            found = [
+                r
+                for r in self.records()
+                if all(r["context"].get(k) == v for k, v in context.items())
+            ]
+            if found:
+                return found[-1]
+            assert time.time() < deadline, f"no record with context {context}:\n{self.log()}"
             time.sleep(0.02)
 
     def stop(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -144,13 +145,33 @@ def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iter
     assert SECRET not in g.log()
 
 
+# Each test tags its requests with a unique X-Message-Id, to find its own record among
+# those of other tests still being written.
+TAG: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _tag() -> None:
+    TAG["id"] = f"msg-{uuid.uuid4().hex}"
+
+
+def tagged(headers: dict[str, str] | None = None) -> dict[str, str]:
+    return {"X-Message-Id": TAG["id"], **(headers or {})}
+
+
+def my_record(gw: Gateway) -> dict[str, Any]:
+    """The record of this test's (last) request."""
+    return gw.record(message_id=TAG["id"])
+
+
 @pytest.fixture
 def client(gw: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gw.url}/openai/v1", api_key="client-key", max_retries=0)
-
-
-def last_record(gw: Gateway, before: int) -> dict[str, Any]:
-    return gw.wait_records(before + 1)[-1]
+    return openai.OpenAI(
+        base_url=f"{gw.url}/openai/v1",
+        api_key="client-key",
+        max_retries=0,
+        default_headers=tagged(),
+    )
 
 
 # -------------------------------------------------------------------- success
@@ -160,7 +181,6 @@ def test_chat_answer_usage_and_record(
     gw: Gateway, fake: FakeUpstream, client: openai.OpenAI
 ) -> None:
     fake.reply(Reply.json(chat_completion("2", prompt_tokens=20, completion_tokens=5)))
-    n = len(gw.records())
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini",
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"}],
@@ -181,7 +201,7 @@ def test_chat_answer_usage_and_record(
     assert body["model"] == "gpt-4o-mini" and body["max_tokens"] == 256
     assert "stream_options" not in body
 
-    rec = last_record(gw, n)
+    rec = my_record(gw)
     assert rec["status"] == "ok" and rec["route"] == {"name": "chat"}
     meta, usage = rec["ai"]["proxy"]["meta"], rec["ai"]["proxy"]["usage"]
     assert meta["provider_name"] == "openai" and meta["request_mode"] == "oneshot"
@@ -207,7 +227,6 @@ def test_streamed_chat_arrives_chunk_by_chunk(
     # Events cut at 7-byte boundaries, with a pause before each word: the first token
     # must reach the client long before the stream ends.
     fake.reply(Reply.sse(rechunk(chat_stream(words, usage=(12, 4), pause=0.15), 7)))
-    n = len(gw.records())
     t0 = time.monotonic()
     stream = client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "1+1?"}], stream=True
@@ -225,7 +244,7 @@ def test_streamed_chat_arrives_chunk_by_chunk(
     sent = fake.last().json()
     assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
 
-    rec = last_record(gw, n)
+    rec = my_record(gw)
     usage = rec["ai"]["proxy"]["usage"]
     assert rec["status"] == "ok" and rec["ai"]["proxy"]["meta"]["request_mode"] == "stream"
     assert (usage["prompt_tokens"], usage["completion_tokens"], usage["source"]) == (
@@ -362,19 +381,23 @@ def test_embeddings(gw: Gateway, fake: FakeUpstream, client: openai.OpenAI) -> N
             }
         )
     )
-    n = len(gw.records())
     out = client.embeddings.create(
         model="text-embedding-3-small", input="hello world", encoding_format="float"
     )
     assert out.data[0].embedding == [0.1, -0.2, 0.3]
     assert fake.last().path == "/v1/embeddings"
-    usage = last_record(gw, n)["ai"]["proxy"]["usage"]
+    usage = my_record(gw)["ai"]["proxy"]["usage"]
     assert usage["prompt_tokens"] == 2 and usage["completion_tokens"] == 0
 
 
 def test_client_model_used_when_route_has_none(gw: Gateway, fake: FakeUpstream) -> None:
     fake.reply(Reply.json(chat_completion(model="gpt-4.1")))
-    c = openai.OpenAI(base_url=f"{gw.url}/any/v1", api_key="sk-client-own", max_retries=0)
+    c = openai.OpenAI(
+        base_url=f"{gw.url}/any/v1",
+        api_key="sk-client-own",
+        max_retries=0,
+        default_headers=tagged(),
+    )
     c.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "x"}])
     sent = fake.last()
     assert sent.json()["model"] == "gpt-4.1"
@@ -399,32 +422,32 @@ def test_response_streaming_always(fake: FakeUpstream, gw: Gateway) -> None:
 
 def test_preserve_route_passes_through(gw: Gateway, fake: FakeUpstream) -> None:
     fake.reply(Reply.json({"object": "list", "data": [{"id": "gpt-4o"}]}))
-    n = len(gw.records())
-    r = httpx.get(f"{gw.url}/raw/v1/models?limit=1")
+    r = httpx.get(f"{gw.url}/raw/v1/models?limit=1", headers=tagged())
     assert r.status_code == 200 and r.json()["data"][0]["id"] == "gpt-4o"
     sent = fake.last()
     assert sent.method == "GET" and sent.path.startswith("/v1/models?")
     assert f"key={SECRET}" in sent.path and "limit=1" in sent.path  # auth as a query param
-    rec = last_record(gw, n)
+    rec = my_record(gw)
     assert SECRET not in json.dumps(rec)
 
 
 def test_route_without_ai_proxy_is_proxied_to_its_service(gw: Gateway, fake: FakeUpstream) -> None:
     fake.reply(Reply.json({"ok": True}))
-    n = len(gw.records())
-    r = httpx.post(f"{gw.url}/plain/things?x=1", json={"a": 1})
+    r = httpx.post(f"{gw.url}/plain/things?x=1", json={"a": 1}, headers=tagged())
     assert r.status_code == 200 and r.json() == {"ok": True}
     assert fake.last().path == "/base/things?x=1" and fake.last().json() == {"a": 1}
-    rec = last_record(gw, n)
+    rec = my_record(gw)
     assert rec["route"] == {"name": "plain"} and rec["ai"] is None and rec["status"] == "ok"
 
 
 # --------------------------------------------------------------------- errors
 
 
-def _post(gw: Gateway, path: str, body: Any, **kw: Any) -> httpx.Response:
+def _post(
+    gw: Gateway, path: str, body: Any, headers: dict[str, str] | None = None
+) -> httpx.Response:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(f"{gw.url}{path}", content=content, timeout=10, **kw)
+    return httpx.post(f"{gw.url}{path}", content=content, timeout=10, headers=tagged(headers))
 
 
 def _assert_openai_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
@@ -553,13 +576,12 @@ def test_upstream_errors_keep_status_and_message(
     gw: Gateway, fake: FakeUpstream, reply: Reply, status: int, message: str
 ) -> None:
     fake.reply(reply)
-    n = len(gw.records())
     r = _post(gw, "/openai/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]})
     err = _assert_openai_error(r, status)
     assert message in err["message"]
     if status == 429:
         assert r.headers["retry-after"] == "7"
-    rec = last_record(gw, n)
+    rec = my_record(gw)
     assert rec["status"] == "error" and rec["error"]["source"] == "upstream"
     assert rec["error"]["status"] == status
 
@@ -590,7 +612,6 @@ def test_upstream_error_on_stream_request_is_plain_json(
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_dead_upstream_is_502(gw: Gateway, stream: bool) -> None:
-    n = len(gw.records())
     r = _post(
         gw,
         "/dead/v1/chat/completions",
@@ -598,7 +619,7 @@ def test_dead_upstream_is_502(gw: Gateway, stream: bool) -> None:
     )
     err = _assert_openai_error(r, 502, "upstream_unreachable")
     assert "127.0.0.1" in err["message"]
-    rec = last_record(gw, n)
+    rec = my_record(gw)
     assert rec["status"] == "error" and rec["error"]["code"] == "upstream_unreachable"
 
 
@@ -620,7 +641,6 @@ def test_silent_upstream_is_504_after_read_timeout(
 
 def test_upstream_cut_mid_stream_ends_with_an_error_event(gw: Gateway, fake: FakeUpstream) -> None:
     fake.reply(Reply.sse(chat_stream(["one ", "two ", "three"]), cut_after=2))
-    n = len(gw.records())
     r = _post(
         gw,
         "/openai/v1/chat/completions",
@@ -632,7 +652,7 @@ def test_upstream_cut_mid_stream_ends_with_an_error_event(gw: Gateway, fake: Fak
     assert events[-1] == "data: [DONE]"
     err = json.loads(events[-2].removeprefix("data: "))["error"]
     assert err["code"] == "upstream_disconnected"
-    rec = last_record(gw, n)
+    rec = my_record(gw)
     assert rec["status"] == "error" and rec["error"]["source"] == "upstream"
 
 
@@ -653,19 +673,19 @@ def test_upstream_stalling_mid_stream_times_out(gw: Gateway, fake: FakeUpstream)
 
 def test_client_abort_mid_stream_is_recorded(gw: Gateway, fake: FakeUpstream) -> None:
     fake.reply(Reply.sse(chat_stream(["a "] * 50, pause=0.05)))
-    n = len(gw.records())
     with socket.create_connection(("127.0.0.1", gw.port)) as s:
         body = json.dumps({"messages": [{"role": "user", "content": "x"}], "stream": True}).encode()
         s.sendall(
             b"POST /openai/v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n%b" % (len(body), body)
+            b"x-message-id: %b\r\ncontent-length: %d\r\n\r\n%b"
+            % (TAG["id"].encode(), len(body), body)
         )
         got = b""
         while b"data:" not in got:
             data = s.recv(65536)
             assert data, "the gateway closed the stream"
             got += data
-    rec = last_record(gw, n)
+    rec = my_record(gw)
     assert rec["status"] == "client_aborted"
     # the upstream connection is closed too: no tokens keep being generated for nobody
     deadline = time.time() + 3
@@ -676,12 +696,11 @@ def test_client_abort_mid_stream_is_recorded(gw: Gateway, fake: FakeUpstream) ->
 
 def test_context_headers_and_body_metadata(gw: Gateway, fake: FakeUpstream) -> None:
     fake.reply(Reply.json(chat_completion()))
-    n = len(gw.records())
     headers = {
         "X-User-Id": "user-12345",
         "X-Session-Id": "session-abc",
         "X-Chat-Id": "chat-789",
-        "X-Message-Id": "msg-1",
+        "X-Message-Id": TAG["id"],
         "X-Organization-Id": "org-acme",
         "X-Project-Id": "project-xyz",
     }
@@ -690,8 +709,8 @@ def test_context_headers_and_body_metadata(gw: Gateway, fake: FakeUpstream) -> N
         "metadata": {"user_id": "ignored-header-wins", "features": {"web_search": True}},
     }
     _post(gw, "/openai/v1/chat/completions", body, headers=headers)
-    ctx = last_record(gw, n)["context"]
+    ctx = my_record(gw)["context"]
     assert ctx["user_id"] == "user-12345" and ctx["project_id"] == "project-xyz"
-    assert ctx["organization_id"] == "org-acme" and ctx["message_id"] == "msg-1"
+    assert ctx["organization_id"] == "org-acme" and ctx["message_id"] == TAG["id"]
     assert ctx["metadata"]["features"] == {"web_search": True}
     assert "metadata" not in fake.last().json()  # tracing metadata is the gateway's, not OpenAI's
