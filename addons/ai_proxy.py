@@ -18,7 +18,7 @@ from mitmproxy import http
 
 import providers
 from addons import llm_request
-from addons.calls import Call, now, read_context
+from addons.calls import Call, now, with_body_context
 from addons.config.plugins import AIProxyConfig
 from addons.errors import from_provider_error
 from addons.state import Gateway
@@ -143,7 +143,7 @@ class AIProxy:
 
         call.request_model = model
         call.stream = stream
-        call.context = read_context(flow.request.headers, body)
+        call.context = with_body_context(call.context, body)
         call.log_payloads = conf.logging.log_payloads
         call.log_statistics = conf.logging.log_statistics
         if call.log_payloads:

@@ -59,6 +59,7 @@ class Call:
     upstream_headers: float | None = None
     upstream_ended: float | None = None
     first_token: float | None = None
+    ended_at: float | None = None
     # outcome
     upstream_status: int | None = None
     error: ProviderError | None = None
@@ -95,22 +96,33 @@ class Calls:
         return len(self._calls)
 
 
-def read_context(headers: Any, body: Any) -> dict[str, Any]:
-    """User, session, chat, message, organization and project ids, from the context
-    headers and from a `metadata` object in the body (headers win)."""
+_CONTEXT_FIELDS = {name.encode(): key for name, key in CONTEXT_HEADERS.items()}
+
+
+def context_from_headers(headers: Any) -> dict[str, Any]:
+    """User, session, chat, message, organization and project ids from the context
+    headers (one pass over mitmproxy's raw header fields: lookups by name are slow)."""
     ctx: dict[str, Any] = {}
-    meta = body.get("metadata") if isinstance(body, dict) else None
-    if isinstance(meta, dict):
-        for key in CONTEXT_HEADERS.values():
-            value = meta.get(key)
-            if isinstance(value, (str, int)) and value != "":
-                ctx[key] = str(value)
-        ctx["metadata"] = meta
-    for header, key in CONTEXT_HEADERS.items():
-        value = headers.get(header)
-        if value:
-            ctx[key] = value
+    for name, value in headers.fields:
+        key = _CONTEXT_FIELDS.get(name.lower())
+        if key is not None and value:
+            ctx[key] = value.decode("utf-8", "replace")
     return ctx
+
+
+def with_body_context(ctx: dict[str, Any], body: Any) -> dict[str, Any]:
+    """`ctx` completed from a `metadata` object in the body (headers win)."""
+    meta = body.get("metadata") if isinstance(body, dict) else None
+    if not isinstance(meta, dict):
+        return ctx
+    out: dict[str, Any] = {}
+    for key in CONTEXT_HEADERS.values():
+        value = meta.get(key)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
+            out[key] = str(value)
+    out.update(ctx)
+    out["metadata"] = meta
+    return out
 
 
 def now() -> float:

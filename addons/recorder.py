@@ -7,6 +7,7 @@ is a queue append: nothing here waits on I/O.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -42,13 +43,21 @@ SECRET_HEADERS = frozenset(
 SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "access_token", "token", "sig"})
 
 
+_SECRET_FIELDS = frozenset(h.encode() for h in SECRET_HEADERS)
+
+
 def redact_headers(headers: http.Headers, secrets: frozenset[str]) -> dict[str, str]:
+    """Headers for a record: credentials and any value holding a configured secret are
+    replaced (one pass over the raw fields: mitmproxy's per-name lookups are slow)."""
     out: dict[str, str] = {}
-    for name, value in headers.items():
-        low = name.lower()
-        if low in SECRET_HEADERS or any(s and s in value for s in secrets):
+    for raw_name, raw_value in headers.fields:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("utf-8", "replace")
+        if raw_name.lower() in _SECRET_FIELDS or (
+            secrets and any(s in value for s in secrets if s)
+        ):
             value = REDACTED
-        out[low] = value
+        out[name] = value
     return out
 
 
@@ -94,7 +103,7 @@ def _ms(a: float | None, b: float | None) -> float | None:
 
 
 def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
-    end = now()
+    end = call.ended_at or now()
     req = flow.request
     resp = flow.response
     secrets = call.config.secrets
@@ -227,6 +236,12 @@ class Recorder:
         call = self.gw.calls.pop(flow)
         if call is None:
             return
+        call.ended_at = now()
+        # The response hook runs before mitmproxy sends the response: build the record
+        # just after, so it adds nothing to the client's latency.
+        asyncio.get_running_loop().call_soon(self._export, call, flow)
+
+    def _export(self, call: Call, flow: http.HTTPFlow) -> None:
         try:
             record = build_record(call, flow)
         except Exception:

@@ -9,7 +9,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from addons.calls import Call, now, read_context
+from addons.calls import Call, context_from_headers, now
 from addons.errors import error_response
 
 
@@ -37,7 +37,7 @@ class Router:
             match=match,
             started_at=req.timestamp_start or now(),
             client_ip=peer[0] if peer else "",
-            context=read_context(req.headers, None),
+            context=context_from_headers(req.headers),
         )
         if match is None:
             flow.response = error_response(

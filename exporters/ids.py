@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import threading
 import time
 import uuid
@@ -31,8 +31,8 @@ def uuid7(at: float | None = None) -> str:
             ms = _last_ms
         else:
             _first_ms = _last_ms = ms
-            _seq = int.from_bytes(os.urandom(2)) & 0x7FF  # leave room to count up
+            _seq = random.getrandbits(11)  # leave room to count up
         seq = _seq
-    rand_b = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+    rand_b = random.getrandbits(62)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand_b
     return str(uuid.UUID(int=value))
