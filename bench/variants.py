@@ -44,6 +44,8 @@ class Variant:
     request: dict[str, Any] = field(default_factory=lambda: dict(CHAT_REQUEST))
     #: extra mitmdump options, e.g. ("--set", "stream_large_bodies=1")
     mitmdump_args: tuple[str, ...] = ()
+    #: run without asking (`--variants` names the others)
+    default: bool = True
 
     def render_config(self, upstream: str, workdir: Path) -> str:
         assert self.config is not None
@@ -92,7 +94,10 @@ plugins:
       path: $workdir/calls.jsonl
 """
 
+OPENAI_ONLY = OPENAI_FILE_LOG.split("plugins:\n  - name: file-log")[0]
+
 #: The gateway setups under test, each compared with the baselines above.
 VARIANTS: list[Variant] = [
     Variant("gateway", "ai-proxy to OpenAI (pass-through) + global file-log", OPENAI_FILE_LOG),
+    Variant("no-log", "ai-proxy to OpenAI, no log plugin", OPENAI_ONLY, default=False),
 ]

@@ -10,10 +10,11 @@ GIL for the system call.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 from typing import BinaryIO
+
+import orjson
 
 from exporters.record import CallRecord
 
@@ -27,10 +28,7 @@ class FileSink:
         self._lock = threading.Lock()
 
     async def send(self, records: list[CallRecord]) -> None:
-        data = "".join(
-            json.dumps(r.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
-            for r in records
-        ).encode()
+        data = b"".join(orjson.dumps(r.to_dict(), default=str) + b"\n" for r in records)
         await asyncio.to_thread(self._write, data)
 
     def _write(self, data: bytes) -> None:

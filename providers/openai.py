@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from providers import sse
 from providers.base import (
     CallSpec,
@@ -110,7 +112,9 @@ class OpenAIStream:
         if data == "[DONE]":
             return  # re-emitted last by finish(), after anything the gateway adds
         try:
-            obj = json.loads(data) if data else None
+            # orjson: this parse runs for every chunk of every stream, and only observes
+            # (the client gets the upstream's own bytes)
+            obj = orjson.loads(data) if data else None
         except ValueError:
             obj = None
         if ev.event == "error" or (
