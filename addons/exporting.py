@@ -38,8 +38,9 @@ class Exporters:
                 self._close_later(self.deliveries.pop(key))
         for key, plugin in wanted.items():
             if key not in self.deliveries:
-                # a short linger batches records under load: one thread hand-off per batch
-                delivery = Delivery(make_sink(plugin), linger=0.02)
+                # records wait up to 0.25 s to be written together: one hand-off to the
+                # writer thread per batch (see exporters/file.py)
+                delivery = Delivery(make_sink(plugin), linger=0.25)
                 delivery.start()
                 self.deliveries[key] = delivery
 
