@@ -160,7 +160,23 @@ class CallSpec:
     query: str = ""
     method: str = "POST"
     raw_body: bytes = b""
+    # Kong's `llm_format`: "openai" (translate), or the provider's own format (the
+    # client speaks it already: pass through, observe only).
+    llm_format: str = "openai"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def native(self) -> bool:
+        return self.llm_format != "openai"
+
+
+@dataclass(frozen=True, slots=True)
+class AWSCredentials:
+    """What SigV4 needs; resolved by the gateway (config, environment or AWS's chain)."""
+
+    access_key: str
+    secret_key: str
+    token: str | None = None
 
 
 class StreamTranslator(Protocol):
@@ -238,6 +254,9 @@ class Provider:
     # Header names that carry this provider's credentials (redacted, never forwarded
     # from the client when the route configures its own auth).
     auth_headers: tuple[str, ...] = ("authorization",)
+    # Kong's `llm_format` value for clients that speak this provider's own API (None:
+    # only OpenAI-format clients).
+    native_format: str | None = None
 
     def config_errors(self, model: Any, route_type: RouteType) -> list[str]:
         """Problems with a route's `model` block for this provider (checked at load)."""
@@ -266,6 +285,62 @@ class Provider:
     def usage_from(self, data: dict[str, Any]) -> Usage | None:
         """Usage of a native response object, for observed and preserved calls."""
         return None
+
+    # ---- credentials the gateway resolves (asynchronously) before sending
+
+    def credential_kind(self, auth: Any, options: ModelOptions) -> str | None:
+        """ "aws" or "gcp" when `sign` needs credentials the gateway must resolve
+        (AWSCredentials, or an OAuth access token as a str); None otherwise."""
+        return None
+
+    def sign(self, up: UpstreamRequest, spec: CallSpec, credentials: Any) -> None:
+        """Last step before sending, after the route's auth headers and params are set:
+        add what is computed from `credentials` (a SigV4 signature, a bearer token)."""
+
+    # ---- native passthrough (Kong's llm_format) and observed traffic
+
+    def native_model(self, spec: CallSpec) -> str | None:
+        """The model a native-format request asks for (body or path)."""
+        model = spec.body.get("model") if isinstance(spec.body, dict) else None
+        return model if isinstance(model, str) else None
+
+    def build_native_request(self, spec: CallSpec) -> UpstreamRequest:
+        """A client's native request, sent unchanged but for the model (`spec.model`) to
+        the same path on the provider's host (or `upstream_url`). `stream` says whether
+        the answer will be streamed. This default serves APIs with the model in the body
+        and `"stream": true` for streams (Anthropic, OpenAI-like); Gemini and Bedrock,
+        with the model and the operation in the path, override it."""
+        body = spec.body if isinstance(spec.body, dict) else {}
+        raw = spec.raw_body
+        if spec.model and body.get("model") != spec.model:
+            raw = json.dumps({**body, "model": spec.model}).encode()
+        headers = {"content-type": "application/json"}
+        return UpstreamRequest(
+            spec.method,
+            preserve_url(spec, self.default_base_url),
+            headers,
+            raw,
+            bool(body.get("stream")),
+        )
+
+    def parse_native_response(
+        self, spec: CallSpec, status: int, headers: dict[str, str], body: bytes
+    ) -> Reply:
+        """A native answer, passed on unchanged (`body`), with its usage and model read."""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        data = data if isinstance(data, dict) else {}
+        model = data.get("model") or data.get("modelVersion")
+        return Reply(body, data, self.usage_from(data), model if isinstance(model, str) else None)
+
+    def native_stream_observer(self, spec: CallSpec) -> StreamTranslator:
+        """Watches a native stream passed through unchanged: the gateway forwards the
+        upstream's bytes and ignores what `feed` returns, so the OpenAI translator (which
+        already decodes the native stream) serves by default, and its `assembled()`
+        answer goes into the call record."""
+        return self.stream_translator(spec)
 
 
 _STATUS_TYPES = {
