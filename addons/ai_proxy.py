@@ -100,7 +100,7 @@ class AIProxy:
             flow.request.headers = headers
             flow.request.raw_content = body
         assert call.translator is not None
-        passthrough = call.spec is not None and call.spec.route_type is RouteType.PRESERVE
+        passthrough = call.spec is not None and _passthrough(call.spec)
         flow.response.stream = StreamOwner(call, call.translator, passthrough)
 
     # ------------------------------------------------------------------ the call
@@ -119,6 +119,7 @@ class AIProxy:
         route_type = conf.route_type
         model_cfg = self._model(conf, flow, call)
 
+        native = conf.llm_format != "openai"
         if route_type is RouteType.PRESERVE:
             try:
                 body = llm_request.parse_json(raw)
@@ -126,54 +127,75 @@ class AIProxy:
                 body = {}
         else:
             body = llm_request.parse_json(raw)
-            llm_request.validate(route_type, body)
+            if not native:
+                llm_request.validate(route_type, body)
 
-        model = llm_request.resolve_model(route_type, model_cfg.name, body)
-        stream = bool(body.get("stream")) or conf.response_streaming == "always"
-        if route_type is RouteType.EMBEDDINGS:
-            stream = False
-        elif stream and conf.response_streaming == "deny":
-            raise llm_request.bad_request(
-                "response streaming is not enabled for this LLM", "stream"
-            )
-        if route_type is RouteType.PRESERVE:
-            stream = stream or "text/event-stream" in flow.request.headers.get("accept", "")
+        assert call.match is not None
         options = body.get("stream_options")
-        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-
-        call.request_model = model
-        call.stream = stream
+        spec = CallSpec(
+            route_type=route_type,
+            body=body,
+            model=None,
+            options=model_cfg.options,
+            stream=False,
+            client_wants_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            path=call.match.upstream_path,
+            query=flow.request.path.partition("?")[2],
+            method=flow.request.method,
+            raw_body=raw,
+            llm_format=conf.llm_format,
+        )
+        call.spec = spec
         call.context = with_body_context(call.context, body)
         call.log_payloads = conf.logging.log_payloads
         call.log_statistics = conf.logging.log_statistics
         if call.log_payloads:
             call.request_payload = body if body else raw.decode("utf-8", "replace")
-
-        upstream_body = body
-        if route_type is not RouteType.PRESERVE:
-            upstream_body = llm_request.apply_options(
-                route_type, llm_request.strip_gateway_fields(body), model_cfg
+        if native:  # the client speaks the provider's API: pass it through, observe it
+            asked = provider.native_model(spec)
+            spec.model = llm_request.resolve_model(
+                RouteType.PRESERVE, model_cfg.name, {"model": asked}
             )
-        assert call.match is not None
-        spec = CallSpec(
-            route_type=route_type,
-            body=upstream_body,
-            model=model,
-            options=model_cfg.options,
-            stream=stream,
-            client_wants_usage=wants_usage,
-            path=call.match.upstream_path,
-            query=flow.request.path.partition("?")[2],
-            method=flow.request.method,
-            raw_body=raw,
-        )
-        call.spec = spec
-        up = provider.build_request(spec)
+            up = provider.build_native_request(spec)
+            spec.stream = up.stream
+            if spec.stream and conf.response_streaming == "deny":
+                raise llm_request.bad_request("response streaming is not enabled for this LLM")
+        else:
+            spec.model = llm_request.resolve_model(route_type, model_cfg.name, body)
+            spec.stream = self._streams(flow, conf, route_type, body)
+            if route_type is not RouteType.PRESERVE:
+                spec.body = llm_request.apply_options(
+                    route_type, llm_request.strip_gateway_fields(body), model_cfg
+                )
+            up = provider.build_request(spec)
+
+        call.request_model = spec.model
+        call.stream = spec.stream
         self._authenticate(up, conf, flow, provider)
+        kind = provider.credential_kind(conf.auth, model_cfg.options)
+        if kind is not None:
+            credentials = await self.gw.credentials.get(kind, conf.auth)
+            provider.sign(up, spec, credentials)
         call.upstream_url = up.url
         flow.metadata["llmitm.provider"] = provider.name
-        flow.metadata["llmitm.model"] = model
+        flow.metadata["llmitm.model"] = spec.model
         await self._send(flow, call, conf, provider, spec, up)
+
+    @staticmethod
+    def _streams(
+        flow: http.HTTPFlow, conf: AIProxyConfig, route_type: RouteType, body: dict[str, Any]
+    ) -> bool:
+        """Whether the answer is streamed to the client (Kong's response_streaming)."""
+        if route_type is RouteType.EMBEDDINGS:
+            return False
+        stream = bool(body.get("stream")) or conf.response_streaming == "always"
+        if stream and conf.response_streaming == "deny":
+            raise llm_request.bad_request(
+                "response streaming is not enabled for this LLM", "stream"
+            )
+        if route_type is RouteType.PRESERVE:
+            stream = stream or "text/event-stream" in flow.request.headers.get("accept", "")
+        return stream
 
     def _model(self, conf: AIProxyConfig, flow: http.HTTPFlow, call: Call) -> Any:
         templated = self._templated.get(id(conf))
@@ -257,13 +279,13 @@ class AIProxy:
         upstream_headers = {
             k.lower(): v for k, v in resp.headers if k.lower() not in _DROP_RESPONSE
         }
-        preserve = spec.route_type is RouteType.PRESERVE
+        passthrough = _passthrough(spec)
 
         if resp.status >= 400:
             call.upstream_ended = call.upstream_headers
             err = provider.parse_error(resp.status, resp.header_dict(), resp.body)
             call.fail(err, "upstream")
-            if preserve:  # untouched, as the upstream sent it
+            if passthrough:  # untouched, as the upstream sent it
                 flow.response = http.Response.make(
                     resp.status, resp.body, self._headers(call, conf, upstream_headers)
                 )
@@ -279,8 +301,9 @@ class AIProxy:
             return
 
         call.upstream_ended = now()
+        parse = provider.parse_native_response if spec.native else provider.parse_response
         try:
-            reply = provider.parse_response(spec, resp.status, resp.header_dict(), resp.body)
+            reply = parse(spec, resp.status, resp.header_dict(), resp.body)
         except ProviderError:
             call.error_source = "upstream"
             raise
@@ -289,7 +312,7 @@ class AIProxy:
         call.finish_reason = _finish_reason(reply.data)
         if call.log_payloads:
             call.response_payload = reply.data
-        if not preserve:
+        if not passthrough:
             upstream_headers["content-type"] = "application/json"
         flow.response = http.Response.make(
             resp.status, reply.body, self._headers(call, conf, upstream_headers)
@@ -305,7 +328,13 @@ class AIProxy:
         timeouts: Timeouts,
     ) -> None:
         assert call.provider is not None and call.spec is not None
-        call.translator = call.provider.stream_translator(call.spec)
+        spec = call.spec
+        provider = call.provider
+        call.translator = (
+            provider.native_stream_observer(spec)
+            if spec.native
+            else provider.stream_translator(spec)
+        )
         url = call.upstream_url or ""
 
         def on_end(exc: BaseException | None) -> None:
@@ -319,7 +348,7 @@ class AIProxy:
                 call.fail(call.stream_error, "upstream")
 
         headers = self._headers(call, conf, upstream_headers)
-        if call.spec.route_type is not RouteType.PRESERVE:
+        if not _passthrough(spec):
             headers["content-type"] = "text/event-stream"
             headers.setdefault("cache-control", "no-cache")
         headers[RELAY_MARK] = "1"
@@ -356,6 +385,11 @@ class AIProxy:
     ) -> None:
         call.fail(err, source)
         flow.response = from_provider_error(err)
+
+
+def _passthrough(spec: CallSpec) -> bool:
+    """The client gets the upstream's own bytes (preserve routes, native llm_format)."""
+    return spec.route_type is RouteType.PRESERVE or spec.native
 
 
 def _too_large(size: int, conf: AIProxyConfig) -> ProviderError:

@@ -62,6 +62,7 @@ class Lifecycle:
         async def close() -> None:
             await self.gw.exporters.aclose()
             await self.gw.upstream.stop()
+            self.gw.credentials.close()
 
         try:
             shutting_down = ctx.master.should_exit.is_set()

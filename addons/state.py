@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from addons.calls import Calls
 from addons.config.model import GatewayConfig
+from addons.credentials import Credentials
 from addons.exporting import Exporters
 from addons.upstream import Upstream
 
@@ -14,6 +15,7 @@ class Gateway:
         self.config: GatewayConfig | None = None
         self.calls = Calls()
         self.upstream = Upstream()
+        self.credentials = Credentials()
         self.exporters = Exporters()
 
     def apply(self, config: GatewayConfig) -> None:

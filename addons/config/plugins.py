@@ -41,6 +41,13 @@ class AIProxyConfig(Strict):
         "Kong's default is 8 KiB, too small for chats with history or images.",
     )
     model_name_header: bool = Field(True, description="Send X-LLM-Model: provider/model.")
+    llm_format: Literal["openai", "anthropic", "gemini", "bedrock", "cohere", "huggingface"] = (
+        Field(
+            "openai",
+            description="The format clients speak: openai (translated to the provider), or "
+            "the provider's own (passed through unchanged, usage and payloads still recorded).",
+        )
+    )
 
     @field_validator("model")
     @classmethod
@@ -52,7 +59,17 @@ class AIProxyConfig(Strict):
 
     @model_validator(mode="after")
     def _provider_accepts(self) -> AIProxyConfig:
-        errors = providers.get(self.model.provider).config_errors(self.model, self.route_type)
+        provider = providers.get(self.model.provider)
+        errors = provider.config_errors(self.model, self.route_type)
+        if self.llm_format != "openai":
+            if provider.native_format != self.llm_format:
+                errors.append(
+                    f"llm_format {self.llm_format!r} needs provider {self.llm_format!r}, "
+                    f"not {provider.name!r}"
+                    + ("" if provider.native_format else " (it only takes llm_format 'openai')")
+                )
+            if self.route_type is RouteType.PRESERVE:
+                errors.append("llm_format applies to llm/v1/* route types, not 'preserve'")
         if errors:
             raise ValueError("; ".join(errors))
         return self

@@ -991,3 +991,62 @@ def test_file_log_config_defaults() -> None:
     conf = route_named(cfg, "r").plugin("file-log")
     assert isinstance(conf, FileLogConfig)
     assert conf.path == "logs/calls.jsonl" and conf.reopen is False
+
+
+@pytest.mark.parametrize(
+    "provider, llm_format, route_type, fragments",
+    [
+        (
+            "openai",
+            "anthropic",
+            "llm/v1/chat",
+            ["llm_format 'anthropic' needs provider 'anthropic'", "not 'openai'"],
+        ),
+        (
+            "mock",
+            "gemini",
+            "llm/v1/chat",
+            ["llm_format 'gemini' needs provider 'gemini'", "only takes llm_format 'openai'"],
+        ),
+        ("openai", "claude", "llm/v1/chat", ["llm_format", "'anthropic'", "'bedrock'"]),
+    ],
+)
+def test_llm_format_must_be_the_providers_own(
+    provider: str, llm_format: str, route_type: str, fragments: list[str]
+) -> None:
+    text = doc(f"""
+        services:
+          - name: s
+            routes:
+              - name: r
+                paths: [/x]
+                plugins:
+                  - name: ai-proxy
+                    config:
+                      route_type: {route_type}
+                      llm_format: {llm_format}
+                      model:
+                        provider: {provider}
+                        name: m
+    """)
+    problem = one_problem(text)
+    for fragment in fragments:
+        assert fragment in problem
+
+
+def test_llm_format_openai_is_the_default() -> None:
+    cfg = load_text(
+        doc("""
+        services:
+          - name: s
+            routes:
+              - name: r
+                paths: [/x]
+                plugins:
+                  - name: ai-proxy
+                    config: {route_type: llm/v1/chat, model: {provider: openai, name: m}}
+        """),
+        SOURCE,
+    )
+    conf = route_named(cfg, "r").plugin("ai-proxy")
+    assert conf.llm_format == "openai"

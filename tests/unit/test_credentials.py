@@ -1,0 +1,87 @@
+"""addons/credentials: AWS credentials for SigV4 from the route, the environment or
+AWS's chain; a clear error when there are none. (Google tokens are minted against a
+fake token endpoint in tests/e2e/test_gemini.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from addons.credentials import Credentials
+from providers.base import AWSCredentials, ProviderError
+from providers.options import AuthConfig
+
+
+@pytest.fixture
+def no_aws(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """An environment where AWS's chain finds nothing (no files, no metadata service)."""
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+async def test_keys_in_the_route_win(no_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    auth = AuthConfig(
+        aws_access_key_id="AKIDROUTE", aws_secret_access_key="route-secret", aws_session_token="t"
+    )
+    assert await Credentials().get("aws", auth) == AWSCredentials("AKIDROUTE", "route-secret", "t")
+
+
+async def test_the_environment_through_botocores_chain(
+    no_aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "env-token")
+    store = Credentials()
+    first = await store.get("aws", AuthConfig())
+    assert first == AWSCredentials("AKIDENV", "env-secret", "env-token")
+    # resolved once, then served from the cache
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDCHANGED")
+    assert await store.get("aws", AuthConfig()) == first
+
+
+async def test_a_profile_file(no_aws: None, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    creds = tmp_path / "credentials"
+    creds.write_text("[work]\naws_access_key_id = AKIDFILE\naws_secret_access_key = file-secret\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_PROFILE", "work")
+    got = await Credentials().get("aws", AuthConfig())
+    assert got == AWSCredentials("AKIDFILE", "file-secret", None)
+
+
+async def test_no_credentials_anywhere_is_a_clear_error(no_aws: None) -> None:
+    with pytest.raises(ProviderError) as e:
+        await Credentials().get("aws", AuthConfig())
+    assert e.value.status == 500
+    assert "no AWS credentials" in e.value.message
+    assert "aws_access_key_id" in e.value.message
+
+
+async def test_service_account_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GCP_SERVICE_ACCOUNT", raising=False)
+    with pytest.raises(ProviderError) as e:
+        await Credentials().get("gcp", AuthConfig(gcp_use_service_account=True))
+    assert "gcp_service_account_json" in e.value.message
+    assert "GCP_SERVICE_ACCOUNT" in e.value.message
+
+
+async def test_an_unusable_service_account_json_is_named_without_its_content() -> None:
+    auth = AuthConfig(
+        gcp_use_service_account=True, gcp_service_account_json='{"private_key": "SECRET"}'
+    )
+    with pytest.raises(ProviderError) as e:
+        await Credentials().get("gcp", auth)
+    assert "service account JSON is not usable" in e.value.message
+    assert "SECRET" not in e.value.message
