@@ -38,6 +38,10 @@ class StreamOwner:
                     out = [data]
             else:
                 out = self.translator.finish(call.stream_error)
+                # an error the upstream reported inside the stream (an error event, a
+                # truncated or corrupt stream) makes the call failed, as a status would
+                if self.translator.error is not None:
+                    call.fail(self.translator.error, "upstream")
                 if self.passthrough:
                     out = []
             for chunk in out:

@@ -122,9 +122,80 @@ def openai_chat(body: bytes, settings: StreamSettings) -> bytes | SSEPlan:
     return OPENAI_CHAT_BODY
 
 
+ANTHROPIC_MESSAGE_BODY = _json_response(
+    {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-bench",
+        "content": [{"type": "text", "text": "Hello! How can I help you today?"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 20, "output_tokens": 9},
+    }
+)
+
+
+def _anthropic_event(name: str, data: object) -> bytes:
+    return f"event: {name}\n".encode() + _sse(data)
+
+
+def anthropic_events(n: int) -> list[bytes]:
+    """Anthropic's Messages stream: message_start, one text block of `n` deltas,
+    message_delta with the stop reason and usage, message_stop."""
+    message = {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-bench",
+        "content": [],
+        "stop_reason": None,
+        "usage": {"input_tokens": 20, "output_tokens": 1},
+    }
+    events = [
+        _anthropic_event("message_start", {"type": "message_start", "message": message}),
+        _anthropic_event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+    ]
+    for i in range(n):
+        delta = {"type": "text_delta", "text": f"tok{i} "}
+        events.append(
+            _anthropic_event(
+                "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+            )
+        )
+    events += [
+        _anthropic_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        _anthropic_event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": n},
+            },
+        ),
+        _anthropic_event("message_stop", {"type": "message_stop"}),
+    ]
+    return events
+
+
+def anthropic_messages(body: bytes, settings: StreamSettings) -> bytes | SSEPlan:
+    """Anthropic `POST /v1/messages`: a message, or its SSE stream."""
+    if _STREAM_TRUE.search(body):
+        return SSEPlan(SSE_HEAD, anthropic_events(settings.chunks))
+    return ANTHROPIC_MESSAGE_BODY
+
+
 #: path -> handler; each bench variant names the endpoint its gateway route calls.
 ENDPOINTS: dict[str, Handler] = {
     "/v1/chat/completions": openai_chat,
+    "/v1/messages": anthropic_messages,
 }
 
 NOT_FOUND = _json_response({"error": {"message": "no such endpoint"}}, "404 Not Found")

@@ -46,6 +46,9 @@ class Variant:
     mitmdump_args: tuple[str, ...] = ()
     #: run without asking (`--variants` names the others)
     default: bool = True
+    #: also report this variant's cost over another one (e.g. a translated route over
+    #: the plain OpenAI route), when both ran
+    compare_to: str | None = None
 
     def render_config(self, upstream: str, workdir: Path) -> str:
         assert self.config is not None
@@ -96,8 +99,25 @@ plugins:
 
 OPENAI_ONLY = OPENAI_FILE_LOG.split("plugins:\n  - name: file-log")[0]
 
+ANTHROPIC_FILE_LOG = (
+    OPENAI_FILE_LOG.replace("provider: openai", "provider: anthropic")
+    .replace("name: gpt-4o-mini", "name: claude-bench")
+    .replace(
+        "                  upstream_url: $upstream",
+        "                  upstream_url: $upstream\n                  anthropic_version: '2023-06-01'",
+    )
+)
+
 #: The gateway setups under test, each compared with the baselines above.
 VARIANTS: list[Variant] = [
     Variant("gateway", "ai-proxy to OpenAI (pass-through) + global file-log", OPENAI_FILE_LOG),
     Variant("no-log", "ai-proxy to OpenAI, no log plugin", OPENAI_ONLY, default=False),
+    Variant(
+        "anthropic",
+        "OpenAI in, Anthropic out (translated both ways) + global file-log",
+        ANTHROPIC_FILE_LOG,
+        fake_endpoint="/v1/messages",
+        request={**CHAT_REQUEST, "model": "claude-bench"},
+        compare_to="gateway",
+    ),
 ]

@@ -146,7 +146,12 @@ class FakeUpstream:
             writer.close()
 
     async def _write(self, reply: Reply, writer: asyncio.StreamWriter) -> bool:
-        phrase = HTTPStatus(reply.status).phrase
+        # statuses outside the IANA list exist (Anthropic's 529 overloaded)
+        phrase = (
+            HTTPStatus(reply.status).phrase
+            if reply.status in HTTPStatus._value2member_map_
+            else "Unknown"
+        )
         head = [f"HTTP/1.1 {reply.status} {phrase}"] + [
             f"{k}: {v}" for k, v in reply.headers.items()
         ]
