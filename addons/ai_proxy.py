@@ -218,7 +218,9 @@ class AIProxy:
         """Forward the client's headers, then set the route's provider auth (Kong's rules:
         the configured value wins unless `allow_override` and the client sent one)."""
         auth = conf.auth
-        own_auth = bool(auth.header_name or auth.param_name)
+        own_auth = bool(auth.header_name or auth.param_name) or (
+            provider.credential_kind(auth, conf.model.options) is not None
+        )
         drop_auth = _CLIENT_AUTH | set(provider.auth_headers) if own_auth else frozenset()
         override_name = auth.header_name.lower() if auth.header_name else None
         headers: dict[str, str] = {}
@@ -237,6 +239,9 @@ class AIProxy:
         ):
             headers[override_name] = auth.header_value
         up.headers = headers
+        if own_auth and provider.auth_params:  # a key the client put in the query
+            keep = auth.param_name if auth.allow_override else None
+            up.url = _without_params(up.url, set(provider.auth_params) - {keep})
         if auth.param_name and auth.param_value:
             if auth.param_location == "query":
                 parts = urlsplit(up.url)
@@ -385,6 +390,14 @@ class AIProxy:
     ) -> None:
         call.fail(err, source)
         flow.response = from_provider_error(err)
+
+
+def _without_params(url: str, names: set[str]) -> str:
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in names]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _passthrough(spec: CallSpec) -> bool:

@@ -254,6 +254,8 @@ class Provider:
     # Header names that carry this provider's credentials (redacted, never forwarded
     # from the client when the route configures its own auth).
     auth_headers: tuple[str, ...] = ("authorization",)
+    # Query parameters that carry credentials (dropped from a client's URL likewise).
+    auth_params: tuple[str, ...] = ()
     # Kong's `llm_format` value for clients that speak this provider's own API (None:
     # only OpenAI-format clients).
     native_format: str | None = None
