@@ -968,8 +968,8 @@ class Anthropic(Provider):
     auth_headers = ("x-api-key", "authorization")
     native_format = "anthropic"
 
-    def config_errors(self, model: Any, route_type: RouteType) -> list[str]:
-        errors = super().config_errors(model, route_type)
+    def config_errors(self, model: Any, route_type: RouteType, auth: Any = None) -> list[str]:
+        errors = super().config_errors(model, route_type, auth)
         options = getattr(model, "options", None)
         if not getattr(options, "anthropic_version", None):
             errors.append(

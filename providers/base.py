@@ -260,8 +260,9 @@ class Provider:
     # only OpenAI-format clients).
     native_format: str | None = None
 
-    def config_errors(self, model: Any, route_type: RouteType) -> list[str]:
-        """Problems with a route's `model` block for this provider (checked at load)."""
+    def config_errors(self, model: Any, route_type: RouteType, auth: Any = None) -> list[str]:
+        """Problems with a route's `model` (and `auth`) blocks for this provider (checked
+        at load)."""
         if route_type not in self.route_types:
             served = ", ".join(sorted(self.route_types))
             return [

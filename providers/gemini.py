@@ -1155,7 +1155,7 @@ class Gemini(Provider):
     def config_errors(self, model: Any, route_type: RouteType, auth: Any = None) -> list[str]:
         """Base checks, plus (when the gateway passes the route's `auth`) a service
         account that is asked for but configured nowhere."""
-        errors = super().config_errors(model, route_type)
+        errors = super().config_errors(model, route_type, auth)
         if auth is not None and getattr(auth, "gcp_use_service_account", False):
             info = getattr(auth, "gcp_service_account_json", None)
             if not info and not os.environ.get("GCP_SERVICE_ACCOUNT"):

@@ -60,7 +60,7 @@ class AIProxyConfig(Strict):
     @model_validator(mode="after")
     def _provider_accepts(self) -> AIProxyConfig:
         provider = providers.get(self.model.provider)
-        errors = provider.config_errors(self.model, self.route_type)
+        errors = provider.config_errors(self.model, self.route_type, self.auth)
         if self.llm_format != "openai":
             if provider.native_format != self.llm_format:
                 errors.append(

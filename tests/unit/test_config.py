@@ -1050,3 +1050,28 @@ def test_llm_format_openai_is_the_default() -> None:
     )
     conf = route_named(cfg, "r").plugin("ai-proxy")
     assert conf.llm_format == "openai"
+
+
+def test_a_vertex_service_account_configured_nowhere_is_a_load_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GCP_SERVICE_ACCOUNT", raising=False)
+    text = doc("""
+        services:
+          - name: s
+            routes:
+              - name: r
+                paths: [/x]
+                plugins:
+                  - name: ai-proxy
+                    config:
+                      route_type: llm/v1/chat
+                      auth: {gcp_use_service_account: true}
+                      model:
+                        provider: gemini
+                        name: gemini-2.5-pro
+                        options:
+                          gemini: {api_endpoint: e, project_id: p, location_id: l}
+    """)
+    problem = one_problem(text)
+    assert "gcp_service_account_json" in problem and "GCP_SERVICE_ACCOUNT" in problem

@@ -24,6 +24,12 @@ def _vault_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for path in EXAMPLES:
         for name in re.findall(r"\{vault://env/([A-Za-z0-9_-]+)", path.read_text()):
             monkeypatch.setenv(name.upper().replace("-", "_"), f"placeholder-{name.lower()}")
+    # Vertex routes with a service account read it from GCP_SERVICE_ACCOUNT
+    monkeypatch.setenv(
+        "GCP_SERVICE_ACCOUNT",
+        '{"type": "service_account", "client_email": "gw@example.iam.gserviceaccount.com", '
+        '"private_key": "placeholder", "token_uri": "https://oauth2.googleapis.com/token"}',
+    )
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
