@@ -60,6 +60,8 @@ from providers.base import (
     RouteType,
     UpstreamRequest,
     Usage,
+    as_int,
+    compact_json,
     generic_error,
     join_url,
     preserve_url,
@@ -112,20 +114,12 @@ _HUMAN = "\n\nHuman:"
 _ASSISTANT = "\n\nAssistant:"
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _bad(message: str, param: str | None = None) -> ProviderError:
     return ProviderError(400, message, "invalid_request_error", None, param)
 
 
 def _finish(stop_reason: Any) -> str:
     return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def usage_from_anthropic(u: Any) -> Usage | None:
@@ -141,11 +135,11 @@ def usage_from_anthropic(u: Any) -> Usage | None:
     )
     if not any(isinstance(u.get(k), int) and not isinstance(u.get(k), bool) for k in keys):
         return None
-    read = _int(u.get("cache_read_input_tokens"))
-    write = _int(u.get("cache_creation_input_tokens"))
+    read = as_int(u.get("cache_read_input_tokens"))
+    write = as_int(u.get("cache_creation_input_tokens"))
     return Usage(
-        prompt_tokens=_int(u.get("input_tokens")) + read + write,
-        completion_tokens=_int(u.get("output_tokens")),
+        prompt_tokens=as_int(u.get("input_tokens")) + read + write,
+        completion_tokens=as_int(u.get("output_tokens")),
         cache_read_tokens=read,
         cache_write_tokens=write,
     )
@@ -414,7 +408,10 @@ def _tools(body: dict[str, Any]) -> tuple[list[Any] | None, dict[str, Any] | Non
     return out, choice
 
 
-def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
+def thinking_config(body: dict[str, Any]) -> dict[str, Any] | None:
+    """Claude's `thinking` object for an OpenAI request (also used for Claude on Bedrock):
+    an Anthropic-style `thinking` in the body as written, else one from
+    `reasoning_effort`; None when thinking stays off."""
     thinking = body.get("thinking")
     if thinking is not None:
         if not isinstance(thinking, dict) or not isinstance(thinking.get("type"), str):
@@ -467,8 +464,8 @@ def messages_body(spec: CallSpec) -> dict[str, Any]:
         else:
             out["system"] = "\n\n".join(b["text"] for b in system)
     max_tokens = _max_tokens(body)
-    thinking = _thinking(body)
-    budget = _int((thinking or {}).get("budget_tokens")) if thinking else 0
+    thinking = thinking_config(body)
+    budget = as_int((thinking or {}).get("budget_tokens")) if thinking else 0
     if budget and max_tokens <= budget:
         max_tokens = budget + DEFAULT_MAX_TOKENS
     out["max_tokens"] = max_tokens
@@ -555,7 +552,7 @@ def message_to_openai(data: dict[str, Any]) -> dict[str, Any]:
                     "type": "function",
                     "function": {
                         "name": block.get("name"),
-                        "arguments": _compact(block.get("input") or {}),
+                        "arguments": compact_json(block.get("input") or {}),
                     },
                 }
             )
@@ -727,10 +724,10 @@ class AnthropicStream(_Stream):
             ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
         ):
             if isinstance(u.get(key), int):
-                self._input[i] = _int(u[key])
+                self._input[i] = as_int(u[key])
                 self._has_usage = True
         if isinstance(u.get("output_tokens"), int):
-            self._output = _int(u["output_tokens"])
+            self._output = as_int(u["output_tokens"])
             self._has_usage = True
         if self._has_usage:
             inp, read, write = self._input
@@ -846,7 +843,7 @@ class AnthropicStream(_Stream):
         if state["type"] == "tool_use" and not state["parts"]:
             # no input fragments (a tool without parameters): clients parse the
             # arguments as JSON, so send the whole input (at least "{}")
-            args = _compact(state["input"] if isinstance(state["input"], dict) else {})
+            args = compact_json(state["input"] if isinstance(state["input"], dict) else {})
             state["parts"].append(args)
             call = {"index": state["tool"], "function": {"arguments": args}}
             self._delta({"tool_calls": [call]}, out)

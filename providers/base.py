@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -199,6 +200,21 @@ class StreamTranslator(Protocol):
     def assembled(self) -> dict[str, Any]:
         """The whole answer as one OpenAI response object (for the call record)."""
         ...
+
+
+def as_int(value: Any) -> int:
+    """`value` if it is an int (not a bool), else 0: for counts read from upstream JSON."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def compact_json(value: Any) -> str:
+    """JSON without spaces, non-ASCII kept: tool-call arguments, as OpenAI sends them."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def new_completion_id() -> str:
+    """An id for an answer whose provider gives none, in OpenAI's style."""
+    return "chatcmpl-" + secrets.token_hex(12)
 
 
 def join_url(upstream_url: str | None, default_base: str, path: str) -> str:

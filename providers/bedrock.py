@@ -114,6 +114,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from providers import eventstream, sse
+from providers.anthropic import thinking_config
 from providers.base import (
     AWSCredentials,
     CallSpec,
@@ -123,9 +124,12 @@ from providers.base import (
     RouteType,
     UpstreamRequest,
     Usage,
+    as_int,
+    compact_json,
     error_type_for,
     generic_error,
     join_url,
+    new_completion_id,
     preserve_url,
 )
 from providers.options import ModelOptions
@@ -137,15 +141,6 @@ EVENTSTREAM = "application/vnd.amazon.eventstream"
 #: maxTokens sent with thinking on when the client's is not above the budget
 DEFAULT_MAX_TOKENS = 4096
 
-#: thinking budget (tokens) per OpenAI `reasoning_effort` (Anthropic models); None: off
-THINKING_BUDGETS: dict[str, int | None] = {
-    "none": None,
-    "minimal": None,
-    "low": 1024,
-    "medium": 4096,
-    "high": 16384,
-    "xhigh": 32768,
-}
 
 #: Bedrock `stopReason` -> OpenAI `finish_reason` (anything else: "stop")
 FINISH_REASONS = {
@@ -230,10 +225,6 @@ _STREAM_OPS = ("/converse-stream", "/invoke-with-response-stream")
 # ---------------------------------------------------------------------- helpers
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -242,16 +233,8 @@ def _bad(message: str, param: str | None = "messages") -> ProviderError:
     return ProviderError(400, message, "invalid_request_error", None, param)
 
 
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _finish(stop_reason: Any) -> str:
     return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
-
-
-def _new_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
 def region_of(options: ModelOptions) -> str | None:
@@ -302,14 +285,14 @@ def usage_from_bedrock(u: Any) -> Usage | None:
         # an OpenAI-shaped usage object (Kong's Bedrock test fixtures use one)
         if any(_is_int(u.get(k)) for k in ("prompt_tokens", "completion_tokens")):
             return Usage(
-                prompt_tokens=_int(u.get("prompt_tokens")),
-                completion_tokens=_int(u.get("completion_tokens")),
+                prompt_tokens=as_int(u.get("prompt_tokens")),
+                completion_tokens=as_int(u.get("completion_tokens")),
             )
         return None
-    fresh = _int(u.get("inputTokens"))
-    output = _int(u.get("outputTokens"))
-    read = _int(u.get("cacheReadInputTokens"))
-    write = _int(u.get("cacheWriteInputTokens"))
+    fresh = as_int(u.get("inputTokens"))
+    output = as_int(u.get("outputTokens"))
+    read = as_int(u.get("cacheReadInputTokens"))
+    write = as_int(u.get("cacheWriteInputTokens"))
     prompt = fresh + read + write
     total = u.get("totalTokens")
     if (read or write) and _is_int(total) and total == fresh + output and fresh >= read + write:
@@ -683,24 +666,12 @@ def _tool_config(body: dict[str, Any], used: list[str]) -> dict[str, Any] | None
 
 
 def _thinking(body: dict[str, Any], model: str | None) -> dict[str, Any] | None:
-    thinking = body.get("thinking")
-    if thinking is not None:
-        if not isinstance(thinking, dict) or not isinstance(thinking.get("type"), str):
-            raise _bad(
-                '\'thinking\' must be an object such as {"type": "enabled", "budget_tokens": 2048}',
-                "thinking",
-            )
-        return thinking
-    effort = body.get("reasoning_effort")
-    if effort is None:
+    """Claude's thinking (as the Anthropic adapter sends it), for Anthropic models only;
+    an explicit `thinking` object is passed whatever the model."""
+    thinking = thinking_config(body)
+    if thinking is not None and "thinking" not in body and not is_anthropic(model):
         return None
-    if effort not in THINKING_BUDGETS:
-        known = ", ".join(THINKING_BUDGETS)
-        raise _bad(f"'reasoning_effort' must be one of: {known}", "reasoning_effort")
-    budget = THINKING_BUDGETS[effort]
-    if not budget or not is_anthropic(model):
-        return None
-    return {"type": "enabled", "budget_tokens": budget}
+    return thinking
 
 
 def _stop(body: dict[str, Any]) -> list[str] | None:
@@ -739,7 +710,7 @@ def converse_body(spec: CallSpec) -> dict[str, Any]:
         if _is_int(value) and value > 0:
             inference["maxTokens"] = value
             break
-    budget = _int((thinking or {}).get("budget_tokens")) if thinking_on else 0
+    budget = as_int((thinking or {}).get("budget_tokens")) if thinking_on else 0
     if budget and inference.get("maxTokens", 0) <= budget:
         inference["maxTokens"] = budget + DEFAULT_MAX_TOKENS
     temperature, top_p, top_k = body.get("temperature"), body.get("top_p"), body.get("top_k")
@@ -806,7 +777,7 @@ def message_to_openai(message: Any) -> dict[str, Any]:
                     "type": "function",
                     "function": {
                         "name": use.get("name") or "",
-                        "arguments": _compact(use.get("input", {})),
+                        "arguments": compact_json(use.get("input", {})),
                     },
                 }
             )
@@ -931,7 +902,7 @@ class BedrockStream:
         self.usage: Usage | None = None
         self.error: ProviderError | None = None
         self.started = False
-        self.id = _new_id()
+        self.id = new_completion_id()
         self.created = int(time.time())
         self.model = model or spec.model
         self._closed = False  # an error ended the stream: later bytes are ignored
@@ -1066,7 +1037,7 @@ class BedrockStream:
             handler(self, payload, out)
 
     def _block(self, index: Any) -> dict[str, Any]:
-        key = _int(index)
+        key = as_int(index)
         block = self._blocks.get(key)
         if block is None:
             block = self._blocks[key] = {
@@ -1146,7 +1117,7 @@ class BedrockStream:
                 self.started = True
 
     def _on_block_stop(self, payload: dict[str, Any], out: list[bytes]) -> None:
-        block = self._blocks.get(_int(payload.get("contentBlockIndex")))
+        block = self._blocks.get(as_int(payload.get("contentBlockIndex")))
         if block is None or block.get("closed"):
             return
         block["closed"] = True
@@ -1392,7 +1363,7 @@ class Bedrock(Provider):
         translated = message_to_openai(message)
         usage = self.usage_from(data)
         out: dict[str, Any] = {
-            "id": _new_id(),
+            "id": new_completion_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": spec.model,

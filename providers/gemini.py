@@ -76,10 +76,13 @@ from providers.base import (
     RouteType,
     UpstreamRequest,
     Usage,
+    as_int,
+    compact_json,
     error_type_for,
     estimate_tokens,
     generic_error,
     join_url,
+    new_completion_id,
 )
 
 log = logging.getLogger(__name__)
@@ -169,24 +172,12 @@ _FORMATS = {
 _MODEL_IN_PATH = re.compile(r"/models/([^/:?]+):([A-Za-z]+)")
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _bad(message: str, param: str | None = None) -> ProviderError:
     return ProviderError(400, message, "invalid_request_error", None, param)
 
 
-def _new_id() -> str:
-    return f"chatcmpl-{secrets.token_hex(12)}"
-
-
 def _call_id() -> str:
     return f"call_{secrets.token_hex(12)}"
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 # ------------------------------------------------------------------------- URLs
@@ -636,12 +627,12 @@ def usage_from_gemini(meta: Any) -> Usage | None:
     """Gemini's `usageMetadata` as a normalized Usage (see the module docstring)."""
     if not isinstance(meta, dict):
         return None
-    thoughts = _int(meta.get("thoughtsTokenCount"))
+    thoughts = as_int(meta.get("thoughtsTokenCount"))
     return Usage(
-        prompt_tokens=_int(meta.get("promptTokenCount"))
-        + _int(meta.get("toolUsePromptTokenCount")),
-        completion_tokens=_int(meta.get("candidatesTokenCount")) + thoughts,
-        cache_read_tokens=_int(meta.get("cachedContentTokenCount")),
+        prompt_tokens=as_int(meta.get("promptTokenCount"))
+        + as_int(meta.get("toolUsePromptTokenCount")),
+        completion_tokens=as_int(meta.get("candidatesTokenCount")) + thoughts,
+        cache_read_tokens=as_int(meta.get("cachedContentTokenCount")),
         reasoning_tokens=thoughts,
     )
 
@@ -662,7 +653,10 @@ def _tool_call(part: dict[str, Any]) -> dict[str, Any] | None:
     call: dict[str, Any] = {
         "id": _call_id(),
         "type": "function",
-        "function": {"name": fc["name"], "arguments": _compact(args if args is not None else {})},
+        "function": {
+            "name": fc["name"],
+            "arguments": compact_json(args if args is not None else {}),
+        },
     }
     sig = part.get("thoughtSignature")
     if isinstance(sig, str) and sig:
@@ -760,7 +754,7 @@ def from_gemini(data: dict[str, Any], spec: CallSpec) -> dict[str, Any]:
     response_id = data.get("responseId")
     model = data.get("modelVersion")
     out: dict[str, Any] = {
-        "id": f"chatcmpl-{response_id}" if isinstance(response_id, str) else _new_id(),
+        "id": f"chatcmpl-{response_id}" if isinstance(response_id, str) else new_completion_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model if isinstance(model, str) and model else spec.model,
@@ -962,7 +956,7 @@ class GeminiStream:
                 message["tool_calls"] = ch.calls
             choices.append({"index": index, "message": message, "finish_reason": reason})
         out: dict[str, Any] = {
-            "id": self._id or _new_id(),
+            "id": self._id or new_completion_id(),
             "object": "chat.completion",
             "created": self._created,
             "model": self._model,
@@ -976,7 +970,7 @@ class GeminiStream:
 
     def _chunk(self, choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> bytes:
         if self._id is None:
-            self._id = _new_id()
+            self._id = new_completion_id()
         obj: dict[str, Any] = {
             "id": self._id,
             "object": "chat.completion.chunk",

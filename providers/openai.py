@@ -22,6 +22,7 @@ from providers.base import (
     RouteType,
     UpstreamRequest,
     Usage,
+    as_int,
     generic_error,
     join_url,
     preserve_url,
@@ -41,10 +42,6 @@ _REQUIRED = {
 }
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _is_json(data: str) -> bool:
     try:
         json.loads(data)
@@ -60,17 +57,17 @@ def usage_from_openai(u: Any) -> Usage | None:
     prompt_details = u.get("prompt_tokens_details") or {}
     completion_details = u.get("completion_tokens_details") or {}
     usage = Usage(
-        prompt_tokens=_int(u.get("prompt_tokens")),
-        completion_tokens=_int(u.get("completion_tokens")),
-        cache_read_tokens=_int(prompt_details.get("cached_tokens"))
+        prompt_tokens=as_int(u.get("prompt_tokens")),
+        completion_tokens=as_int(u.get("completion_tokens")),
+        cache_read_tokens=as_int(prompt_details.get("cached_tokens"))
         if isinstance(prompt_details, dict)
         else 0,
-        reasoning_tokens=_int(completion_details.get("reasoning_tokens"))
+        reasoning_tokens=as_int(completion_details.get("reasoning_tokens"))
         if isinstance(completion_details, dict)
         else 0,
     )
     if usage.prompt_tokens == 0 and usage.completion_tokens == 0:
-        total = _int(u.get("total_tokens"))
+        total = as_int(u.get("total_tokens"))
         if total:
             usage.prompt_tokens = total  # embeddings report prompt and total only
     return usage
@@ -144,7 +141,7 @@ class OpenAIStream:
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
-            acc = self._choices.setdefault(_int(choice.get("index")), {"content": []})
+            acc = self._choices.setdefault(as_int(choice.get("index")), {"content": []})
             if choice.get("finish_reason"):
                 acc["finish_reason"] = choice["finish_reason"]
             if self._completions:
@@ -169,7 +166,7 @@ class OpenAIStream:
                 self.started = True
                 calls = acc.setdefault("tool_calls", {})
                 entry = calls.setdefault(
-                    _int(tc.get("index")),
+                    as_int(tc.get("index")),
                     {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
                 )
                 if tc.get("id"):
