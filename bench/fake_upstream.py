@@ -142,7 +142,9 @@ def _anthropic_event(name: str, data: object) -> bytes:
 
 def anthropic_events(n: int) -> list[bytes]:
     """Anthropic's Messages stream: message_start, one text block of `n` deltas,
-    message_delta with the stop reason and usage, message_stop."""
+    message_delta with the stop reason and usage, message_stop. The events before the
+    first delta go out together with it (one plan entry), so that the stream's first
+    token comes when OpenAI's does and TTFT compares the proxies, not the fakes."""
     message = {
         "id": "msg_bench",
         "type": "message",
@@ -170,6 +172,7 @@ def anthropic_events(n: int) -> list[bytes]:
                 "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
             )
         )
+    events[0:3] = [b"".join(events[0:3])]  # message_start, block start, first delta
     events += [
         _anthropic_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
         _anthropic_event(

@@ -365,7 +365,27 @@ def report(args: argparse.Namespace, info: dict[str, str], results: dict[str, Me
                 f"  ! {m.errors()} {name} and {bare.errors()} {BARE.name} requests failed under "
                 "load (non-2xx or socket errors): the load figures are not comparable"
             )
+    lines += _relative(results)
     return "\n".join(lines)
+
+
+def _relative(results: dict[str, Measured]) -> list[str]:
+    """What a variant costs over the one it names in `compare_to` (no target: informative)."""
+    lines: list[str] = []
+    by_name = {v.name: v for v in VARIANTS}
+    for name, m in results.items():
+        base_name = by_name[name].compare_to if name in by_name else None
+        base = results.get(base_name) if base_name else None
+        if base is None:
+            continue
+        lines += [
+            "",
+            f"{name} vs {base_name}: throughput at c={HIGH} "
+            f"{m.median(HIGH, 'rps') / base.median(HIGH, 'rps'):.2f}x, "
+            f"added p50 at c={LOW} {m.median(LOW, 'p50') - base.median(LOW, 'p50'):+.2f} ms, "
+            f"added TTFT p50 {m.ttft_p50() - base.ttft_p50():+.2f} ms",
+        ]
+    return lines
 
 
 def save_json(
