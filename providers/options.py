@@ -35,6 +35,15 @@ class BedrockOptions(Strict):
     aws_region: str | None = Field(None, description="AWS region; defaults to AWS_REGION.")
 
 
+class CohereOptions(Strict):
+    api_version: Literal["v1", "v2"] = Field(
+        "v2", description="Cohere API: v2 (/v2/chat, messages) or v1 (/v1/chat, chat_history)."
+    )
+    embedding_input_type: Literal[
+        "search_document", "search_query", "classification", "clustering"
+    ] = Field("search_document", description="input_type sent to /v2/embed.")
+
+
 class HuggingFaceOptions(Strict):
     use_cache: bool | None = None
     wait_for_model: bool | None = None
@@ -70,6 +79,7 @@ class ModelOptions(Strict):
     gemini: GeminiOptions | None = None
     bedrock: BedrockOptions | None = None
     huggingface: HuggingFaceOptions | None = None
+    cohere: CohereOptions | None = None
     mock_response: str | None = Field(
         None, description="provider 'mock' only: the fixed answer (default: echo the prompt)."
     )
