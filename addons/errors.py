@@ -29,7 +29,7 @@ def error_response(
 
 
 def from_provider_error(err: ProviderError, headers: dict[str, str] | None = None) -> http.Response:
-    hdrs = {"content-type": "application/json", **(headers or {})}
+    hdrs = {"content-type": "application/json", **(headers or {}), **err.headers}
     return http.Response.make(err.status, err.body(), hdrs)
 
 

@@ -119,6 +119,7 @@ class ProviderError(Exception):
         type: str = "api_error",
         code: str | int | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -126,6 +127,9 @@ class ProviderError(Exception):
         self.type = type
         self.code = code
         self.param = param
+        # response headers the client must get with this error (e.g. a Retry-After the
+        # adapter derived from the body); they win over the upstream's own
+        self.headers = headers or {}
 
     def to_openai(self) -> dict[str, Any]:
         return {

@@ -159,3 +159,18 @@ def test_good_config_is_applied_and_host_header_kept(tmp_path) -> None:
         tctx.configure(watch, llmitm_config=str(good))
         assert tctx.options.keep_host_header is True
     assert [r.name for r in gw.config.routes] == ["plain", "kept", "chat"]
+
+
+def test_an_error_carries_its_own_headers_to_the_client() -> None:
+    """An adapter can attach headers to an error (a Retry-After it read from the body);
+    they reach the client and win over the upstream's."""
+    from addons.errors import from_provider_error
+    from providers.base import ProviderError
+
+    err = ProviderError(503, "model loading", headers={"retry-after": "21"})
+    resp = from_provider_error(err, {"retry-after": "1", "x-request-id": "abc"})
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == "21"
+    assert resp.headers["x-request-id"] == "abc"
+    assert resp.headers["content-type"] == "application/json"
+    assert json.loads(resp.content)["error"]["message"] == "model loading"
