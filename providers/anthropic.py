@@ -964,6 +964,7 @@ class Anthropic(Provider):
     route_types = frozenset({RouteType.CHAT, RouteType.COMPLETIONS, RouteType.PRESERVE})
     auth_headers = ("x-api-key", "authorization")
     native_format = "anthropic"
+    input_includes_cache = False  # input_tokens excludes cache reads and writes
 
     def config_errors(self, model: Any, route_type: RouteType, auth: Any = None) -> list[str]:
         errors = super().config_errors(model, route_type, auth)

@@ -279,6 +279,10 @@ class Provider:
     # Kong's `llm_format` value for clients that speak this provider's own API (None:
     # only OpenAI-format clients).
     native_format: str | None = None
+    # Whether the provider's own input-token count already includes cached tokens
+    # (OpenAI, Gemini) or reports them apart (Anthropic, Bedrock). Adapters normalize
+    # to Usage's contract either way; this states what the native figure means.
+    input_includes_cache: bool = True
 
     def config_errors(self, model: Any, route_type: RouteType, auth: Any = None) -> list[str]:
         """Problems with a route's `model` (and `auth`) blocks for this provider (checked

@@ -1240,6 +1240,7 @@ class Bedrock(Provider):
     route_types = frozenset({RouteType.CHAT, RouteType.EMBEDDINGS, RouteType.PRESERVE})
     auth_headers = ("authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256")
     native_format = "bedrock"
+    input_includes_cache = False  # input_tokens excludes cache reads and writes
 
     # -- configuration
 

@@ -1,0 +1,94 @@
+"""One usage contract for every provider: `prompt_tokens` counts every input token,
+cached ones included, whatever the provider's own figure means; cost bills cached
+tokens at the cache prices, not as fresh input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import providers
+from providers.options import ModelOptions
+
+# A native answer per provider with 100 fresh input tokens, 900 read from the cache and
+# (where the provider has it) 50 written to it, and 20 output tokens.
+NATIVE: dict[str, tuple[dict[str, Any], int]] = {
+    "openai": (
+        {
+            "usage": {
+                "prompt_tokens": 1000,
+                "completion_tokens": 20,
+                "prompt_tokens_details": {"cached_tokens": 900},
+            }
+        },
+        0,
+    ),
+    "anthropic": (
+        {
+            "usage": {
+                "input_tokens": 50,
+                "cache_read_input_tokens": 900,
+                "cache_creation_input_tokens": 50,
+                "output_tokens": 20,
+            }
+        },
+        50,
+    ),
+    "gemini": (
+        {
+            "usageMetadata": {
+                "promptTokenCount": 1000,
+                "cachedContentTokenCount": 900,
+                "candidatesTokenCount": 20,
+            }
+        },
+        0,
+    ),
+    "bedrock": (
+        {
+            "usage": {
+                "inputTokens": 50,
+                "cacheReadInputTokens": 900,
+                "cacheWriteInputTokens": 50,
+                "outputTokens": 20,
+                "totalTokens": 1020,
+            }
+        },
+        50,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NATIVE))
+def test_prompt_tokens_include_cached_ones(name: str) -> None:
+    provider = providers.get(name)
+    data, writes = NATIVE[name]
+    usage = provider.usage_from(data)
+    assert usage is not None
+    assert usage.prompt_tokens == 1000
+    assert usage.cache_read_tokens == 900
+    assert usage.cache_write_tokens == writes
+    assert usage.completion_tokens == 20
+    # the declared meaning of the native figure matches the payload above
+    native_input = {
+        "openai": 1000,
+        "gemini": 1000,
+        "anthropic": 50,
+        "bedrock": 50,
+    }[name]
+    assert provider.input_includes_cache == (native_input == usage.prompt_tokens)
+
+
+@pytest.mark.parametrize("name", sorted(NATIVE))
+def test_cached_input_is_billed_at_the_cache_price(name: str) -> None:
+    usage = providers.get(name).usage_from(NATIVE[name][0])
+    assert usage is not None
+    options = ModelOptions(
+        input_cost=3.0, output_cost=15.0, cache_read_cost=0.3, cache_write_cost=3.75
+    )
+    fresh = 1000 - 900 - usage.cache_write_tokens
+    expected = (fresh * 3.0 + 900 * 0.3 + usage.cache_write_tokens * 3.75 + 20 * 15.0) / 1e6
+    assert usage.cost(options) == pytest.approx(expected)
+    # far below what the same prompt would cost as fresh input
+    assert usage.cost(options) < (1000 * 3.0 + 20 * 15.0) / 1e6 / 3
