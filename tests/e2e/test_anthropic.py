@@ -432,6 +432,35 @@ def test_thinking_round_trip_keeps_signatures(
 # -------------------------------------------------------------------- completions
 
 
+def test_images_inline_and_by_url(fake: FakeUpstream, client: openai.OpenAI) -> None:
+    serve(fake, Script(text="Two cats."))
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in these?"},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
+                    },
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+                ],
+            }
+        ],
+    )
+    assert out.choices[0].message.content == "Two cats."
+    assert fake.last().json()["messages"][0]["content"] == [
+        {"type": "text", "text": "What is in these?"},
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+        },
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+    ]
+
+
 def test_completions(gw: Gateway, fake: FakeUpstream) -> None:
     serve(fake, Script(text="I am Claude."))
     client = openai.OpenAI(

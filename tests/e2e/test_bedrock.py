@@ -373,6 +373,29 @@ def test_bedrock_validation_of_the_translated_body(gw: Gateway, bedrock: fb.Fake
     assert info.value.body["code"] == "ValidationException"
 
 
+def test_an_inline_image_reaches_bedrock_as_bytes(gw: Gateway, bedrock: fb.FakeBedrock) -> None:
+    out = client_for(gw).chat.completions.create(
+        model=MODEL,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Describe"},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
+                    },
+                ],
+            }
+        ],
+    )
+    assert out.choices[0].message.content
+    assert bedrock.last().body["messages"][0]["content"] == [
+        {"text": "Describe"},
+        {"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}},
+    ]
+
+
 def test_an_http_image_url_is_rejected_before_bedrock(gw: Gateway, bedrock: fb.FakeBedrock) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client_for(gw).chat.completions.create(

@@ -329,6 +329,20 @@ def test_streamed_parallel_tool_calls(fake: FakeUpstream, client: openai.OpenAI)
     assert finish == "tool_calls"
 
 
+def test_image_parts_pass_through(fake: FakeUpstream, client: openai.OpenAI) -> None:
+    fake.reply(Reply.json(chat_completion("A cat.")))
+    parts = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}},
+    ]
+    out = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": parts}]
+    )
+    assert out.choices[0].message.content == "A cat."
+    assert fake.last().json()["messages"][0]["content"] == parts
+
+
 def test_completions(gw: Gateway, fake: FakeUpstream, client: openai.OpenAI) -> None:
     fake.reply(
         Reply.json(
