@@ -43,6 +43,10 @@ class Usage:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     estimated: bool = False
+    # What the provider bills, when it bills other counts than it reports (Cohere's
+    # billed units leave out the prompt template): cost uses these when set.
+    billed_prompt_tokens: int | None = None
+    billed_completion_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -52,7 +56,15 @@ class Usage:
         """Cost of the call from the per-1M-token prices of `options`, or None if unpriced."""
         if options.input_cost is None and options.output_cost is None:
             return None
-        fresh_input = self.prompt_tokens - self.cache_read_tokens - self.cache_write_tokens
+        prompt = (
+            self.prompt_tokens if self.billed_prompt_tokens is None else self.billed_prompt_tokens
+        )
+        completion = (
+            self.completion_tokens
+            if self.billed_completion_tokens is None
+            else self.billed_completion_tokens
+        )
+        fresh_input = prompt - self.cache_read_tokens - self.cache_write_tokens
         input_cost = options.input_cost or 0.0
         cache_read = options.cache_read_cost if options.cache_read_cost is not None else input_cost
         cache_write = (
@@ -62,7 +74,7 @@ class Usage:
             max(fresh_input, 0) * input_cost
             + self.cache_read_tokens * cache_read
             + self.cache_write_tokens * cache_write
-            + self.completion_tokens * (options.output_cost or 0.0)
+            + completion * (options.output_cost or 0.0)
         )
         return round(total / 1_000_000, 10)
 

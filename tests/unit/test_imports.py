@@ -19,6 +19,7 @@ PURE = [
     "providers.gemini",
     "providers.bedrock",
     "providers.eventstream",
+    "providers.cohere",
     "addons.routing",
     "addons.llm_request",
     "addons.config",

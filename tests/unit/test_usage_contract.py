@@ -45,6 +45,10 @@ NATIVE: dict[str, tuple[dict[str, Any], int]] = {
         },
         0,
     ),
+    "cohere": (
+        {"usage": {"tokens": {"input_tokens": 1000, "output_tokens": 20}, "cached_tokens": 900}},
+        0,
+    ),
     "bedrock": (
         {
             "usage": {
@@ -74,6 +78,7 @@ def test_prompt_tokens_include_cached_ones(name: str) -> None:
     native_input = {
         "openai": 1000,
         "gemini": 1000,
+        "cohere": 1000,
         "anthropic": 50,
         "bedrock": 50,
     }[name]
