@@ -78,7 +78,9 @@ def _estimate(call: Call, response: dict[str, Any] | None) -> Usage | None:
     if spec is None or spec.route_type is RouteType.PRESERVE:
         return None
     body = spec.body
-    if spec.route_type is RouteType.CHAT:
+    if spec.native:  # a provider's own format: count the text wherever it is
+        prompt = " ".join(_texts(body))
+    elif spec.route_type is RouteType.CHAT:
         prompt = text_of_messages(body.get("messages"))
     elif spec.route_type is RouteType.COMPLETIONS:
         prompt = (
@@ -94,6 +96,21 @@ def _estimate(call: Call, response: dict[str, Any] | None) -> Usage | None:
             completion += text_of_messages([message]) if isinstance(message, dict) else ""
             completion += choice.get("text") or ""
     return Usage(estimate_tokens(prompt), estimate_tokens(completion), estimated=True)
+
+
+_NOT_TEXT = frozenset({"model", "role", "type", "id", "mime_type", "mimeType", "media_type"})
+
+
+def _texts(value: Any) -> list[str]:
+    """Every string in a JSON value but identifiers (for estimates of native requests:
+    Anthropic's `messages`, Gemini's `contents`, TGI's `inputs`, ...)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [t for v in value for t in _texts(v)]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() if k not in _NOT_TEXT for t in _texts(v)]
+    return []
 
 
 def _ms(a: float | None, b: float | None) -> float | None:

@@ -174,3 +174,24 @@ def test_an_error_carries_its_own_headers_to_the_client() -> None:
     assert resp.headers["x-request-id"] == "abc"
     assert resp.headers["content-type"] == "application/json"
     assert json.loads(resp.content)["error"]["message"] == "model loading"
+
+
+def test_usage_of_a_native_request_is_estimated_from_its_text() -> None:
+    """A provider's own format reports no usage (TGI without details, say): the
+    estimate counts the request's text wherever that format keeps it."""
+    from addons.calls import Call
+    from addons.recorder import _estimate
+    from providers.base import CallSpec, RouteType
+    from providers.options import ModelOptions
+
+    text = "word " * 400  # 2000 characters: about 500 tokens
+    for body in (
+        {"inputs": text, "parameters": {"max_new_tokens": 20}},
+        {"contents": [{"role": "user", "parts": [{"text": text}]}]},
+        {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]},
+    ):
+        spec = CallSpec(RouteType.CHAT, body, "m", ModelOptions(), False, llm_format="huggingface")
+        call = Call(config=None, route=None, match=None, started_at=0.0, spec=spec)  # type: ignore[arg-type]
+        usage = _estimate(call, None)
+        assert usage is not None and usage.estimated
+        assert 480 <= usage.prompt_tokens <= 520, body

@@ -20,6 +20,7 @@ PURE = [
     "providers.bedrock",
     "providers.eventstream",
     "providers.cohere",
+    "providers.huggingface",
     "addons.routing",
     "addons.llm_request",
     "addons.config",
