@@ -47,13 +47,19 @@ class Usage:
     # billed units leave out the prompt template): cost uses these when set.
     billed_prompt_tokens: int | None = None
     billed_completion_tokens: int | None = None
+    # The call's cost as the provider itself reports it (OpenRouter's `usage.cost`, in
+    # USD): it wins over a cost computed from the route's prices.
+    reported_cost: float | None = None
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def cost(self, options: ModelOptions) -> float | None:
-        """Cost of the call from the per-1M-token prices of `options`, or None if unpriced."""
+        """Cost of the call: the provider's own figure when it reports one, else from the
+        per-1M-token prices of `options`; None if neither."""
+        if self.reported_cost is not None:
+            return self.reported_cost
         if options.input_cost is None and options.output_cost is None:
             return None
         prompt = (

@@ -97,3 +97,13 @@ def test_cached_input_is_billed_at_the_cache_price(name: str) -> None:
     assert usage.cost(options) == pytest.approx(expected)
     # far below what the same prompt would cost as fresh input
     assert usage.cost(options) < (1000 * 3.0 + 20 * 15.0) / 1e6 / 3
+
+
+def test_a_cost_the_provider_reports_wins_over_the_route_prices() -> None:
+    """OpenRouter bills per provider and route; its own figure is the truth."""
+    usage = providers.get("openrouter").usage_from(
+        {"usage": {"prompt_tokens": 100, "completion_tokens": 10, "cost": 0.0042}}
+    )
+    assert usage is not None
+    assert usage.cost(ModelOptions(input_cost=1.0, output_cost=1.0)) == 0.0042
+    assert usage.cost(ModelOptions()) == 0.0042
