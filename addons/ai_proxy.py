@@ -168,6 +168,7 @@ class AIProxy:
                     route_type, llm_request.strip_gateway_fields(body), model_cfg
                 )
             up = provider.build_request(spec)
+            spec.stream = up.stream  # a preserved request may stream by the API's default
 
         call.request_model = spec.model
         call.stream = spec.stream
