@@ -27,6 +27,15 @@ from tests.fakes.upstream import FakeUpstream
 SECRET = "sk-compat-test-secret-0123456789"
 HOSTS = dialects(SECRET)
 
+#: the client operations: path under /v1 and route type
+OPS = {
+    "chat": ("chat/completions", "llm/v1/chat"),
+    "completions": ("completions", "llm/v1/completions"),
+    "embeddings": ("embeddings", "llm/v1/embeddings"),
+}
+#: every operation of every host, each with its own route (the support matrix)
+MATRIX = [(host, op) for host, dialect in HOSTS.items() for op in dialect.paths]
+
 ROUTE = """
       - name: {name}
         paths: ["{path}"]
@@ -80,6 +89,10 @@ services:
     + route("xai", "chat/completions", "llm/v1/chat", "grok-3-mini")
     + route("openrouter", "chat/completions", "llm/v1/chat", "anthropic/claude-sonnet-4")
     + route("together", "embeddings", "llm/v1/embeddings", "BAAI/bge-large-en-v1.5")
+    + "".join(
+        route(host, OPS[op][0], OPS[op][1], "matrix-model", prefix=f"m-{host}")
+        for host, op in MATRIX
+    )
     + """
 plugins:
   - name: file-log
@@ -462,3 +475,86 @@ def test_the_hosts_record_their_names(gw: Gateway, fake: FakeUpstream) -> None:
         rec = my_record(gw)
         assert (meta_of(rec)["provider_name"], meta_of(rec)["request_model"]) == (host, model)
         assert json.loads(fake.last().body)["model"] == model
+
+
+# ------------------------------------------------------- every host, every operation
+
+
+def _hosts_serving(op: str) -> list[str]:
+    return [host for host, o in MATRIX if o == op]
+
+
+def test_the_matrix_covers_every_named_host() -> None:
+    """Each named OpenAI-compatible provider has a fake dialect, so the tests below
+    run it end to end on everything it serves."""
+    from providers.openai_compatible import PROVIDERS
+
+    assert {p.name for p in PROVIDERS} == set(HOSTS)
+    for p in PROVIDERS:
+        served = {op for op, (_, rt) in OPS.items() if rt in {str(t) for t in p.route_types}}
+        assert served == set(HOSTS[p.name].paths), p.name
+
+
+@pytest.mark.parametrize("host", _hosts_serving("chat"))
+def test_every_host_chat_stream_tools_and_images(
+    gw: Gateway, fake: FakeUpstream, host: str
+) -> None:
+    c = client(gw, f"m-{host}")
+    serve(fake, host, Script(text="Two."))
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    out = c.chat.completions.create(
+        model="matrix-model",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "1+1?"}, image]}],
+    )
+    assert out.choices[0].message.content == "Two."
+    sent = fake.last()
+    assert sent.path == HOSTS[host].paths["chat"]
+    assert sent.headers["authorization"] == f"Bearer {SECRET}"
+    assert sent.json()["messages"][0]["content"][1] == image
+    rec = my_record(gw)
+    assert meta_of(rec)["provider_name"] == host
+    assert (usage_of(rec)["prompt_tokens"], usage_of(rec)["completion_tokens"]) == (23, 9)
+
+    chunks = list(
+        c.chat.completions.create(
+            model="matrix-model",
+            messages=ASK,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "Two."
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 9
+
+    serve(fake, host, Script(tool_calls=[("get_weather", {"city": "Lyon"})]))
+    answer = c.chat.completions.create(model="matrix-model", messages=ASK, tools=[WEATHER])
+    call = answer.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Lyon"}
+    assert answer.choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("host", _hosts_serving("completions"))
+def test_every_host_completions_whole_and_streamed(
+    gw: Gateway, fake: FakeUpstream, host: str
+) -> None:
+    c = client(gw, f"m-{host}")
+    serve(fake, host, Script(text="Two."))
+    out = c.completions.create(model="matrix-model", prompt="1+1=")
+    assert out.choices[0].text == "Two."
+    assert fake.last().path == HOSTS[host].paths["completions"]
+    text = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(model="matrix-model", prompt="1+1=", stream=True)
+        if ch.choices
+    )
+    assert text == "Two."
+
+
+@pytest.mark.parametrize("host", _hosts_serving("embeddings"))
+def test_every_host_embeddings(gw: Gateway, fake: FakeUpstream, host: str) -> None:
+    serve(fake, host, Script(prompt_tokens=4))
+    out = client(gw, f"m-{host}").embeddings.create(model="matrix-model", input=["a", "b"])
+    assert [d.embedding for d in out.data] == [vector(0), vector(1)]
+    assert fake.last().path == HOSTS[host].paths["embeddings"]
+    assert usage_of(my_record(gw))["prompt_tokens"] == 4

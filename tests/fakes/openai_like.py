@@ -190,6 +190,36 @@ def dialects(api_key: str) -> dict[str, Dialect]:
             rejects_encoding_format=True,
             max_tokens_only=True,
         ),
+        "cerebras": Dialect(
+            "cerebras",
+            api_key,
+            {"chat": "/v1/chat/completions", "completions": "/v1/completions"},
+            stream_options=False,
+            usage_unasked=True,
+            rejected=frozenset({"parallel_tool_calls", "service_tier"}),
+        ),
+        "dashscope": Dialect(
+            "dashscope",
+            api_key,
+            {k: "/compatible-mode" + v for k, v in v1.items()},
+            extra_fields=frozenset({"top_k"}),
+            rejects_encoding_format=True,
+            max_tokens_only=True,
+        ),
+        "databricks": Dialect(
+            "databricks",
+            api_key,
+            {
+                "chat": "/serving-endpoints/chat/completions",
+                "completions": "/serving-endpoints/completions",
+                "embeddings": "/serving-endpoints/embeddings",
+            },
+            stream_options=False,
+            usage_unasked=True,
+            extra_fields=frozenset({"top_k"}),
+            rejects_encoding_format=True,
+            max_tokens_only=True,
+        ),
     }
 
 
