@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+import providers
 from addons.config import ConfigError, GatewayConfig, load_file, load_text
 from addons.config.plugins import AIProxyConfig, FileLogConfig
 from tests.unit.conftest import route_named
@@ -1075,3 +1076,33 @@ def test_a_vertex_service_account_configured_nowhere_is_a_load_error(
     """)
     problem = one_problem(text)
     assert "gcp_service_account_json" in problem and "GCP_SERVICE_ACCOUNT" in problem
+
+
+@pytest.mark.parametrize(
+    "provider, route_type",
+    [
+        (name, str(rt))
+        for name, p in providers.registry().items()
+        for rt in ("llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings")
+        if rt not in {str(t) for t in p.route_types}
+    ],
+)
+def test_a_route_type_the_provider_cannot_serve_is_a_load_error(
+    provider: str, route_type: str
+) -> None:
+    text = doc(f"""
+        services:
+          - name: s
+            routes:
+              - name: r
+                paths: [/x]
+                plugins:
+                  - name: ai-proxy
+                    config:
+                      route_type: {route_type}
+                      model: {{provider: {provider}, name: m}}
+    """)
+    with pytest.raises(ConfigError) as e:
+        load_text(text, SOURCE)
+    message = str(e.value)
+    assert f"provider {provider!r} cannot serve route_type {route_type!r}" in message
