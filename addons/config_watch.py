@@ -47,8 +47,33 @@ class ConfigWatch:
         loader.add_option(
             "llmitm_config_reload", bool, True, "Reload the config file when it changes."
         )
+        loader.add_option(
+            "llmitm_spool_dir",
+            str,
+            "~/.llmitm/spool",
+            "Where exporters keep the records a sink could not take yet (replayed later).",
+        )
+        loader.add_option(
+            "llmitm_status_listen",
+            str,
+            "127.0.0.1:8100",
+            "Status listener (/metrics, /status, /health): host:port, or off.",
+        )
+        loader.add_option(
+            "llmitm_store",
+            str,
+            "~/.llmitm/llmitm.db",
+            "The embedded SQLite store every call record is written to (empty: none).",
+        )
 
     def configure(self, updated: set[str]) -> None:
+        if "llmitm_status_listen" in updated and self._running:
+            create_task(self._listen(), name="llmitm status listener", keep_ref=True)
+        if "llmitm_spool_dir" in updated or "llmitm_store" in updated:
+            self.gw.exporters.set_paths(
+                spool_dir=os.path.expanduser(ctx.options.llmitm_spool_dir),
+                store=os.path.expanduser(ctx.options.llmitm_store),
+            )
         if "keep_host_header" in ctx.options and not ctx.options.keep_host_header:
             # Routes match on the client's Host; reverse mode would otherwise replace it
             # with the placeholder target, which ai-proxy routes never contact.
@@ -77,6 +102,7 @@ class ConfigWatch:
 
     def running(self) -> None:
         self._running = True
+        create_task(self._listen(), name="llmitm status listener", keep_ref=True)
         if ctx.options.llmitm_config_reload and self._task is None:
             self._task = create_task(self._watch(), name="llmitm config watch", keep_ref=True)
 
@@ -84,6 +110,18 @@ class ConfigWatch:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+    async def _listen(self) -> None:
+        from exporters.metrics import parse_listen
+
+        await self.gw.metrics.stop()
+        address = parse_listen(ctx.options.llmitm_status_listen)
+        if address is None:
+            return
+        try:
+            await self.gw.metrics.start(*address)
+        except OSError as e:  # another gateway has the port, say: serve calls anyway
+            log.warning("llmitm: no status listener on %s:%d: %s", *address, e)
 
     async def _watch(self) -> None:
         while True:

@@ -60,6 +60,7 @@ class Lifecycle:
         # At process shutdown mitmproxy awaits what `done` returns; when only this
         # script is unloaded (a reload), it cannot, so the flush runs as a task.
         async def close() -> None:
+            await self.gw.metrics.stop()
             await self.gw.exporters.aclose()
             await self.gw.upstream.stop()
             self.gw.credentials.close()

@@ -265,5 +265,6 @@ class Recorder:
             log.exception("llmitm: could not build the call record")
             return
         self.gw.exporters.export(record, call.route, call.config)
+        self.gw.metrics.observe(record)
         flow.metadata["llmitm.record_id"] = record.id
         flow.metadata["llmitm.status"] = record.status

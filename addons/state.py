@@ -8,6 +8,7 @@ from addons.config.model import GatewayConfig
 from addons.credentials import Credentials
 from addons.exporting import Exporters
 from addons.upstream import Upstream
+from exporters.metrics import Metrics
 
 
 class Gateway:
@@ -17,8 +18,15 @@ class Gateway:
         self.upstream = Upstream()
         self.credentials = Credentials()
         self.exporters = Exporters()
+        self.metrics = Metrics(stats_source=self.exporters.stats)
 
     def apply(self, config: GatewayConfig) -> None:
         """Swap in a new config; calls in flight keep the one they started with."""
         self.exporters.reconcile(config)
+        models = [
+            p.config.model.name
+            for p in config.all_plugins()
+            if p.name == "ai-proxy" and p.config.model.name
+        ]
+        self.metrics.set_config(routes=len(config.routes), models=models, source=config.source)
         self.config = config

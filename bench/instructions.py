@@ -47,6 +47,14 @@ def count(procs: Processes, variant: Variant, fake_port: int, workdir: Path, cal
         config = workdir / f"{variant.name}.yaml"
         config.write_text(variant.render_config(f"http://{HOST}:{fake_port}", workdir))
         argv += ["-s", str(GATEWAY_SCRIPT), "--set", f"llmitm_config={config}"]
+        # the embedded store stays on, as in a default install, but in the run's directory
+        argv += [
+            "--set",
+            f"llmitm_spool_dir={workdir / 'spool'}",
+            "--set",
+            f"llmitm_store={workdir / (variant.name + '.db')}",
+        ]
+        argv += ["--set", "llmitm_status_listen=off"]
     confdir = workdir / f"confdir-{variant.name}"
     confdir.mkdir()
     argv += [

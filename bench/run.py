@@ -176,6 +176,14 @@ def start_mitmdump(procs: Processes, variant: Variant, fake_port: int, workdir: 
         config = workdir / f"{variant.name}-{port}.yaml"
         config.write_text(variant.render_config(f"http://{HOST}:{fake_port}", workdir))
         argv += ["-s", str(GATEWAY_SCRIPT), "--set", f"llmitm_config={config}"]
+        # the embedded store stays on, as in a default install, but in the run's directory
+        argv += [
+            "--set",
+            f"llmitm_spool_dir={workdir / 'spool'}",
+            "--set",
+            f"llmitm_store={workdir / (variant.name + '.db')}",
+        ]
+        argv += ["--set", "llmitm_status_listen=off"]
     argv += [
         "--mode",
         f"reverse:{target}@{HOST}:{port}",

@@ -125,7 +125,10 @@ class HttpDelivery:
             self._client = httpx.AsyncClient(
                 timeout=self.sink.timeout,
                 trust_env=False,  # an HTTPS_PROXY meant for apps must not loop us through ourselves
-                limits=httpx.Limits(max_keepalive_connections=4, keepalive_expiry=60),
+                limits=httpx.Limits(
+                    max_keepalive_connections=4,
+                    keepalive_expiry=getattr(self.sink, "keepalive", 60.0),
+                ),
             )
         loop = asyncio.get_running_loop()
         self._intake = loop.create_task(self._run_intake(), name=f"llmitm export {self.sink.name}")
@@ -309,6 +312,8 @@ class HttpDelivery:
             lane.busy = False
             lane.inflight = 0
         retry = verdict.retry
+        if verdict.reason and not retry and not verdict.dropped:  # accepted, with a remark
+            log.warning("%s: %s", self.sink.name, verdict.reason)
         delivered = len(batch) - len(retry) - len(verdict.dropped)
         self.stats.sent += max(delivered, 0)
         if verdict.dropped:
@@ -370,7 +375,9 @@ class HttpDelivery:
     async def _send(self, channel: str, batch: list[Item]) -> Verdict:
         assert self._client is not None
         try:
-            prepared = self.sink.request(channel, batch)
+            # encoding a batch (JSON, protobuf, gzip) can take tens of milliseconds:
+            # in a worker thread, so that the event loop keeps serving calls meanwhile
+            prepared = await asyncio.to_thread(self.sink.request, channel, batch)
         except Exception as e:  # a sink bug drops this batch, not the delivery
             log.exception("%s: could not build a request", self.sink.name)
             return Verdict(dropped=list(batch), reason=f"request could not be built: {e}")

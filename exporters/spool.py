@@ -13,6 +13,7 @@ returns how many items it could not keep (the caller counts them as dropped).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -21,6 +22,13 @@ from typing import Any
 import orjson
 
 SEGMENT_BYTES = 8 * 1024 * 1024
+
+
+def _dumps(item: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(item)
+    except TypeError:  # an integer beyond 64 bits, say: the json module takes anything
+        return json.dumps(item, separators=(",", ":")).encode()
 
 
 class Spool:
@@ -79,7 +87,7 @@ class Spool:
         """Append items (JSON-able); returns how many did not fit under `max_bytes`."""
         if not items:
             return 0
-        lines = [orjson.dumps(item) + b"\n" for item in items]
+        lines = [_dumps(item) + b"\n" for item in items]
         with self._lock:
             self.load()
             data = b"".join(lines)

@@ -50,11 +50,13 @@ class Gateway:
         env: dict[str, str] | None = None,
         extra: list[str] | None = None,
         port: int | None = None,
+        status_listen: str = "off",
     ) -> None:
         self.tmp = tmp
         self.records_path = tmp / "records.jsonl"
         self.config_path = tmp / "llmitm.yaml"
         self.log_path = tmp / "mitmdump.log"
+        self.store_path = tmp / "llmitm.db"
         self.port = port or free_port()
         self.write_config(config)
         cmd = [mitmdump()]
@@ -71,6 +73,14 @@ class Gateway:
             f"llmitm_config={self.config_path}",
             "--set",
             f"confdir={tmp / 'confdir'}",
+            # the exporters' spool and the embedded store live in the test's directory
+            "--set",
+            f"llmitm_spool_dir={tmp / 'spool'}",
+            "--set",
+            f"llmitm_store={tmp / 'llmitm.db'}",
+            # many gateways run at once in the tests: no status listener unless asked
+            "--set",
+            f"llmitm_status_listen={status_listen}",
             *(extra or []),
         ]
         self._log = open(self.log_path, "wb")

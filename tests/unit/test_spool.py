@@ -69,3 +69,9 @@ def test_a_corrupt_line_is_returned_not_fatal(tmp_path: Path) -> None:
     s2.append([{"n": 3}])
     items = s2.peek(10)
     assert items[0] == {"n": 1} and "corrupt" in items[1] and items[2] == {"n": 3}
+
+
+def test_integers_beyond_64_bits_are_kept(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    s.append([{"n": 2**70}])
+    assert s.peek(1) == [{"n": 2**70}]
