@@ -11,6 +11,10 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 import providers
+from exporters.http_log import HttpLogConfig
+from exporters.langfuse import AiTracingConfig
+from exporters.opik import OpikLogConfig
+from exporters.otlp import OpenTelemetryConfig
 from providers.base import RouteType
 from providers.options import AuthConfig, ModelConfig, Strict
 
@@ -88,7 +92,11 @@ class FileLogConfig(Strict):
 PLUGIN_CONFIGS: dict[str, type[Strict]] = {
     "ai-proxy": AIProxyConfig,
     "file-log": FileLogConfig,
+    "opik-log": OpikLogConfig,
+    "ai-tracing": AiTracingConfig,
+    "opentelemetry": OpenTelemetryConfig,
+    "http-log": HttpLogConfig,
 }
 
 #: plugins that receive finished call records
-LOG_PLUGINS = frozenset({"file-log"})
+LOG_PLUGINS = frozenset({"file-log", "opik-log", "ai-tracing", "opentelemetry", "http-log"})
