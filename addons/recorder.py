@@ -265,6 +265,7 @@ class Recorder:
             log.exception("llmitm: could not build the call record")
             return
         self.gw.exporters.export(record, call.route, call.config)
-        self.gw.metrics.observe(record)
+        route = call.route
+        self.gw.metrics.observe(record, route.plugin("prometheus") if route is not None else None)
         flow.metadata["llmitm.record_id"] = record.id
         flow.metadata["llmitm.status"] = record.status

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 import providers
 from exporters.http_log import HttpLogConfig
 from exporters.langfuse import AiTracingConfig
+from exporters.metrics import PrometheusConfig
 from exporters.opik import OpikLogConfig
 from exporters.otlp import OpenTelemetryConfig
 from providers.base import RouteType
@@ -96,6 +97,8 @@ PLUGIN_CONFIGS: dict[str, type[Strict]] = {
     "ai-tracing": AiTracingConfig,
     "opentelemetry": OpenTelemetryConfig,
     "http-log": HttpLogConfig,
+    # what the metrics count (the status listener serves them, see llmitm_status_listen)
+    "prometheus": PrometheusConfig,
 }
 
 #: plugins that receive finished call records

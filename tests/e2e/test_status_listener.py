@@ -267,3 +267,29 @@ def test_gateway_serves_its_metrics(start_gateway) -> None:
     gw.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base}/health")
+
+
+def test_the_prometheus_plugin_chooses_what_is_counted(start_gateway) -> None:
+    """Kong's prometheus plugin fields: with `ai_metrics: false` the AI series stay empty
+    while the request counts go on."""
+    port = free_port()
+    config = (
+        CONFIG
+        + """
+plugins:
+  - name: prometheus
+    config: {ai_metrics: false}
+"""
+    )
+    gw = start_gateway(config, status_listen=f"127.0.0.1:{port}")
+    calls(gw)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 5
+    while True:
+        samples = parse(httpx.get(f"{base}/metrics").text)
+        if total(samples, "llmitm_http_requests_total") == 3 or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    assert total(samples, "llmitm_http_requests_total") == 3
+    assert not total(samples, "ai_llm_requests_total")
+    assert not total(samples, "ai_llm_tokens_total")
