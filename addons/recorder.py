@@ -98,6 +98,67 @@ def _estimate(call: Call, response: dict[str, Any] | None) -> Usage | None:
     return Usage(estimate_tokens(prompt), estimate_tokens(completion), estimated=True)
 
 
+#: request fields that are parameters, not content (recorded even without log_payloads)
+_PARAMS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "top_k",
+        "max_tokens",
+        "max_completion_tokens",
+        "max_tokens_to_sample",
+        "frequency_penalty",
+        "presence_penalty",
+        "seed",
+        "n",
+        "stop",
+        "stop_sequences",
+        "stream",
+        "reasoning_effort",
+        "parallel_tool_calls",
+        "tool_choice",
+        "encoding_format",
+        "dimensions",
+        "generationConfig",
+        "inferenceConfig",
+    }
+)
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 200)
+
+
+def request_params(body: Any) -> dict[str, Any]:
+    """The sampling parameters of a request (OpenAI's names, or the provider's own for
+    native requests): numbers, short strings and lists of them; never content."""
+    if not isinstance(body, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key in _PARAMS:
+        value = body.get(key)
+        if value is None:
+            continue
+        if _scalar(value) or (isinstance(value, list) and all(_scalar(v) for v in value)):
+            out[key] = value
+        elif isinstance(value, dict):  # Gemini's generationConfig, Bedrock's inferenceConfig
+            inner = {k: v for k, v in value.items() if _scalar(v)}
+            if inner:
+                out[key] = inner
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and isinstance(fmt.get("type"), str):
+        out["response_format"] = fmt["type"]
+    return out
+
+
+def _response_id(data: Any) -> str | None:
+    if isinstance(data, dict):
+        rid = data.get("id") or data.get("responseId")
+        if isinstance(rid, str) and rid:
+            return rid
+    return None
+
+
 _NOT_TEXT = frozenset({"model", "role", "type", "id", "mime_type", "mimeType", "media_type"})
 
 
@@ -190,6 +251,8 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
             time_to_first_token_ms=latencies["time_to_first_token"],
             llm_latency_ms=upstream_ms,
             log_statistics=call.log_statistics,
+            request_params=request_params(call.spec.body),
+            response_id=_response_id(response_data) or _response_id(call.response_payload),
         )
         if call.log_payloads:
             ai.request_payload = call.request_payload

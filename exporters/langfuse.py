@@ -406,7 +406,9 @@ class Facts:
         self.completion_start = (
             min(max(self.start + ttft / 1000, self.start), self.end) if ttft is not None else None
         )
-        self.parameters = model_parameters(ai.request_payload)
+        self.parameters = model_parameters(
+            ai.request_payload if ai.request_payload is not None else ai.request_params
+        )
         self.input = (
             _bounded(observation_input(ai.request_payload))
             if ai.request_payload is not None
@@ -577,7 +579,7 @@ def span_item(facts: Facts) -> dict[str, Any]:
             "gen_ai.provider.name": ai.provider,
             "gen_ai.request.model": ai.request_model,
             "gen_ai.response.model": ai.response_model,
-            "gen_ai.response.id": _response_id(ai.response_payload),
+            "gen_ai.response.id": _response_id(ai.response_payload) or ai.response_id,
             "gen_ai.response.finish_reasons": [ai.finish_reason] if ai.finish_reason else None,
         }
     )

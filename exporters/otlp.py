@@ -649,11 +649,12 @@ def span_attributes(record: CallRecord) -> dict[str, Any]:
     attrs["gen_ai.system"] = provider  # the name before semconv 1.37, still read by many
     if ai.request_model:
         attrs["gen_ai.request.model"] = ai.request_model
-    attrs.update(_request_attributes(ai.route_type, ai.request_payload))
+    params = ai.request_payload if ai.request_payload is not None else ai.request_params
+    attrs.update(_request_attributes(ai.route_type, params))
 
     if ai.response_model:
         attrs["gen_ai.response.model"] = ai.response_model
-    response_id = _response_id(ai.response_payload)
+    response_id = _response_id(ai.response_payload) or ai.response_id
     if response_id:
         attrs["gen_ai.response.id"] = response_id
     reasons = _finish_reasons(ai.response_payload, ai.finish_reason)

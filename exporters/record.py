@@ -28,6 +28,9 @@ class AIInfo:
     time_to_first_token_ms: float | None = None
     llm_latency_ms: float | None = None
     log_statistics: bool = True
+    # the request's sampling parameters (no content: always recorded, unlike payloads)
+    request_params: dict[str, Any] = field(default_factory=dict)
+    response_id: str | None = None
     request_payload: Any = None
     response_payload: Any = None
 
@@ -48,6 +51,8 @@ class AIInfo:
                 "llm_latency": self.llm_latency_ms,
                 "upstream_url": self.upstream_url,
                 "finish_reason": self.finish_reason,
+                "response_id": self.response_id,
+                "request_parameters": self.request_params,
             }
         }
         if self.log_statistics:

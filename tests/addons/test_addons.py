@@ -195,3 +195,30 @@ def test_usage_of_a_native_request_is_estimated_from_its_text() -> None:
         usage = _estimate(call, None)
         assert usage is not None and usage.estimated
         assert 480 <= usage.prompt_tokens <= 520, body
+
+
+def test_request_parameters_are_recorded_without_content() -> None:
+    """Sampling parameters reach every sink even when payloads are not logged; the
+    messages, tools and user id never do."""
+    from addons.recorder import request_params
+
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "secret question"}],
+        "temperature": 0.2,
+        "max_tokens": 256,
+        "stop": ["END"],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "tool_choice": "auto",
+        "user": "user-42",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x"}},
+        "generationConfig": {"topK": 5, "responseSchema": {"type": "object"}},
+    }
+    assert request_params(body) == {
+        "temperature": 0.2,
+        "max_tokens": 256,
+        "stop": ["END"],
+        "tool_choice": "auto",
+        "response_format": "json_schema",
+        "generationConfig": {"topK": 5},
+    }

@@ -68,6 +68,8 @@ PROXY = _obj(
                 "llm_latency": _NUM_OR_NULL,
                 "upstream_url": _STR_OR_NULL,
                 "finish_reason": _STR_OR_NULL,
+                "response_id": _STR_OR_NULL,
+                "request_parameters": {"type": "object"},
             }
         ),
         "usage": USAGE,

@@ -1149,3 +1149,19 @@ def test_integers_beyond_int64_are_left_out() -> None:
 )
 def test_error_body_readings(headers: dict[str, str], body: bytes, reason: str) -> None:
     assert sink().verdict(ITEMS, 403, headers, body).reason == reason
+
+
+def test_request_parameters_and_response_id_without_payloads() -> None:
+    """A route that does not log payloads still gets its sampling parameters and the
+    response id on the span (from the record's request_params/response_id)."""
+    info = ai(
+        request_params={"temperature": 0.2, "max_tokens": 256, "stop": ["END"]},
+        response_id="chatcmpl-abc",
+    )
+    info.request_payload = info.response_payload = None
+    span, _ = span_of(record(info))
+    attrs = attributes(span.attributes)
+    assert attrs["gen_ai.request.temperature"] == 0.2
+    assert attrs["gen_ai.request.max_tokens"] == 256
+    assert attrs["gen_ai.response.id"] == "chatcmpl-abc"
+    assert "gen_ai.input.messages" not in attrs

@@ -47,6 +47,8 @@ def test_kong_shape_of_a_full_record() -> None:
         finish_reason="stop",
         time_to_first_token_ms=250.0,
         llm_latency_ms=1390.0,
+        request_params={"temperature": 0.2, "max_tokens": 256},
+        response_id="chatcmpl-123",
         request_payload={"messages": [{"role": "user", "content": "hi"}]},
         response_payload={"choices": []},
     )
@@ -68,6 +70,8 @@ def test_kong_shape_of_a_full_record() -> None:
         "llm_latency": 1390.0,
         "upstream_url": "https://api.openai.com/v1/chat/completions",
         "finish_reason": "stop",
+        "response_id": "chatcmpl-123",
+        "request_parameters": {"temperature": 0.2, "max_tokens": 256},
     }
     assert proxy["usage"] == {
         "prompt_tokens": 130,
