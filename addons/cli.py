@@ -3,6 +3,7 @@
     llmitm run [CONFIG] [--listen 127.0.0.1:8000] [--web] [-- MITMPROXY ARGS...]
     llmitm check CONFIG
     llmitm schema
+    llmitm traces [totals | show ID] [...]   (see addons/traces_cli.py)
 
 `run` executes exactly `mitmdump -s addons/gateway.py --mode reverse:... --set
 connection_strategy=lazy --set llmitm_config=CONFIG` (or mitmweb with `--web`), so
@@ -102,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the config format")
     schema.set_defaults(func=_schema)
+
+    from addons import traces_cli
+
+    traces_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     args.mitmproxy_args = extra
