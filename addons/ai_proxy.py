@@ -21,6 +21,7 @@ from addons import llm_request
 from addons.calls import Call, now, with_body_context
 from addons.config.plugins import AIProxyConfig
 from addons.errors import from_provider_error
+from addons.observe import parse_passthrough, stream_observer
 from addons.state import Gateway
 from addons.streaming import StreamOwner
 from addons.upstream import HOP_BY_HOP, Timeouts, UpstreamResponse, upstream_failure
@@ -307,9 +308,9 @@ class AIProxy:
             return
 
         call.upstream_ended = now()
-        parse = provider.parse_native_response if spec.native else provider.parse_response
         try:
-            reply = parse(spec, resp.status, resp.header_dict(), resp.body)
+            # the same reading as observe mode's (one code path for native answers)
+            reply = parse_passthrough(provider, spec, resp.status, resp.header_dict(), resp.body)
         except ProviderError:
             call.error_source = "upstream"
             raise
@@ -336,11 +337,7 @@ class AIProxy:
         assert call.provider is not None and call.spec is not None
         spec = call.spec
         provider = call.provider
-        call.translator = (
-            provider.native_stream_observer(spec)
-            if spec.native
-            else provider.stream_translator(spec)
-        )
+        call.translator = stream_observer(provider, spec)  # shared with observe mode
         url = call.upstream_url or ""
 
         def on_end(exc: BaseException | None) -> None:

@@ -9,6 +9,8 @@ The chain, in the order mitmproxy calls it for each flow:
     Router        matches the route (Kong semantics); 404 when none in reverse mode
     AIProxy       ai-proxy routes: translate, call the provider, stream back
     ServiceProxy  other routes: proxy to the service url
+    Observe       calls to known LLM API hosts that no route handles (forward mode):
+                  recorded as route `observed`, the traffic unchanged
     Recorder      one call record per call, to the route's log plugins
 """
 
@@ -29,9 +31,12 @@ except ImportError:  # run from a checkout without installing: use the checkout
 
 from addons.ai_proxy import AIProxy
 from addons.config_watch import ConfigWatch
+from addons.contentview import ContentviewAddon
+from addons.observe import Observe
 from addons.recorder import Recorder
 from addons.router import Router, ServiceProxy
 from addons.state import Gateway
+from addons.webview import WebView
 
 
 def chain(gateway: Gateway) -> list[object]:
@@ -40,7 +45,10 @@ def chain(gateway: Gateway) -> list[object]:
         Router(gateway),
         AIProxy(gateway),
         ServiceProxy(gateway),
+        Observe(gateway),
         Recorder(gateway),
+        WebView(gateway),
+        ContentviewAddon(),
         Lifecycle(gateway),
     ]
 

@@ -16,6 +16,7 @@ from mitmproxy import http
 
 from addons.calls import Call, now
 from addons.state import Gateway
+from addons.webview import annotate
 from exporters.ids import uuid7
 from exporters.record import AIInfo, CallRecord
 from providers.base import (
@@ -36,6 +37,7 @@ SECRET_HEADERS = frozenset(
         "api-key",
         "apikey",
         "x-goog-api-key",
+        "x-amz-security-token",  # AWS session credentials (observed Bedrock calls)
         "cookie",
         "set-cookie",
     }
@@ -332,3 +334,4 @@ class Recorder:
         self.gw.metrics.observe(record, route.plugin("prometheus") if route is not None else None)
         flow.metadata["llmitm.record_id"] = record.id
         flow.metadata["llmitm.status"] = record.status
+        annotate(flow, record)  # mitmweb: the mark and comment of the call

@@ -1,0 +1,260 @@
+"""The LLM API hosts observe mode recognises, and which of their requests are LLM calls.
+
+A host table maps `host[:port]` patterns to a provider of `providers/` (the provider
+names its format: its native parsers read the traffic). `*` in a pattern stands for one
+or more characters within one DNS label (`*.openai.azure.com`,
+`bedrock-runtime.*.amazonaws.com`, `*-aiplatform.googleapis.com`); a pattern without a
+port matches any port. Entries the user configures (`host=provider`, or `host=off` to
+stop observing a built-in host) come before the built-in ones, so they win.
+
+`operation()` says whether a request is an LLM call and in which format: the OpenAI
+paths (`/chat/completions`, `/completions`, `/embeddings`, `/responses`) are the OpenAI
+format on any host (Ollama's `/v1`, Gemini's and Anthropic's OpenAI-compatible
+endpoints), other paths are the provider's own operations. Pure code: no mitmproxy.
+
+    python -m addons.llm_hosts --allow-hosts      # the regex for mitmproxy's allow_hosts
+    python -m addons.llm_hosts                    # the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+#: the built-in table: pattern -> provider (a name of `providers.registry()`)
+DEFAULT_HOSTS: tuple[tuple[str, str], ...] = (
+    ("api.openai.com", "openai"),
+    ("*.openai.azure.com", "azure"),
+    ("*.cognitiveservices.azure.com", "azure"),
+    ("api.anthropic.com", "anthropic"),
+    ("generativelanguage.googleapis.com", "gemini"),
+    ("aiplatform.googleapis.com", "gemini"),
+    ("*-aiplatform.googleapis.com", "gemini"),
+    ("bedrock-runtime.*.amazonaws.com", "bedrock"),
+    ("bedrock-runtime-fips.*.amazonaws.com", "bedrock"),
+    ("api.cohere.com", "cohere"),
+    ("api.cohere.ai", "cohere"),
+    ("api.mistral.ai", "mistral"),
+    ("api.groq.com", "groq"),
+    ("api.deepseek.com", "deepseek"),
+    ("api.x.ai", "xai"),
+    ("openrouter.ai", "openrouter"),
+    ("api.together.xyz", "together"),
+    ("api.cerebras.ai", "cerebras"),
+    ("127.0.0.1:11434", "ollama"),
+    ("localhost:11434", "ollama"),
+)
+
+#: the value of a configured entry that removes a host from observation
+OFF = "off"
+
+#: the operation of the OpenAI Responses API (no route type of its own in the gateway)
+RESPONSES = "responses"
+
+_LABEL = re.compile(r"^[a-z0-9*_-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class HostEntry:
+    pattern: str  # host[:port] as configured, lowercased
+    provider: str  # a provider name, or OFF
+    host_re: re.Pattern[str]
+    port: int | None
+
+    def matches(self, host: str, port: int | None) -> bool:
+        if self.port is not None and port != self.port:
+            return False
+        return self.host_re.fullmatch(host) is not None
+
+    def allow_regex(self) -> str:
+        """This entry as a regex over mitmproxy's `host:port` strings (allow_hosts)."""
+        port = str(self.port) if self.port is not None else r"\d+"
+        return f"^{self.host_re.pattern}:{port}$"
+
+
+def parse_pattern(pattern: str) -> tuple[re.Pattern[str], int | None]:
+    """`host[:port]` -> (host regex, port or None); ValueError when malformed."""
+    text = pattern.strip().lower()
+    host, sep, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    port: int | None = None
+    if sep:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{pattern!r}: the port must be a number from 1 to 65535")
+        port = int(port_text)
+    if not host or any(not label or not _LABEL.match(label) for label in host.split(".")):
+        raise ValueError(f"{pattern!r}: expected host[:port], '*' standing for part of a label")
+    rx = r"\.".join(
+        "[^.:]+".join(re.escape(piece) for piece in label.split("*")) for label in host.split(".")
+    )
+    return re.compile(rx), port
+
+
+def entry(pattern: str, provider: str) -> HostEntry:
+    host_re, port = parse_pattern(pattern)
+    return HostEntry(pattern.strip().lower(), provider.strip().lower(), host_re, port)
+
+
+def parse_entry(text: str, known: Iterable[str] | None = None) -> HostEntry:
+    """A configured `host[:port]=provider` (or `=off`); ValueError when malformed or when
+    the provider is not in `known`."""
+    pattern, sep, provider = text.partition("=")
+    provider = provider.strip().lower()
+    if not sep or not pattern.strip() or not provider:
+        raise ValueError(f"{text!r}: expected host[:port]=provider (or host=off)")
+    if known is not None and provider != OFF:
+        names = sorted(known)
+        if provider not in names:
+            raise ValueError(f"{text!r}: unknown provider {provider!r} (known: {', '.join(names)})")
+    return entry(pattern, provider)
+
+
+class HostTable:
+    """Configured entries first, then the built-in ones; the first match decides."""
+
+    def __init__(self, extra: Sequence[HostEntry] = (), defaults: bool = True) -> None:
+        base = [entry(p, prov) for p, prov in DEFAULT_HOSTS] if defaults else []
+        self.entries: list[HostEntry] = [*extra, *base]
+        self._cache: dict[tuple[str, int | None], str | None] = {}
+
+    @classmethod
+    def from_config(cls, lines: Iterable[str], known: Iterable[str] | None = None) -> HostTable:
+        known_list = list(known) if known is not None else None
+        return cls([parse_entry(line, known_list) for line in lines if line.strip()])
+
+    def provider_for(self, host: str, port: int | None = None) -> str | None:
+        """The provider observing `host:port`, or None (unknown host, or turned off)."""
+        key = (host.lower().rstrip("."), port)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        found: str | None = None
+        for e in self.entries:
+            if e.matches(key[0], port):
+                found = None if e.provider == OFF else e.provider
+                break
+        if len(self._cache) < 4096:  # bounded: hosts are few, but a client picks them
+            self._cache[key] = found
+        return found
+
+    def observed(self) -> list[HostEntry]:
+        """The entries that observe (not shadowed by an `off` entry of the same pattern)."""
+        seen: set[str] = set()
+        out: list[HostEntry] = []
+        for e in self.entries:
+            if e.pattern in seen:
+                continue
+            seen.add(e.pattern)
+            if e.provider != OFF:
+                out.append(e)
+        return out
+
+    def allow_hosts(self) -> str:
+        """One regex for `--set allow_hosts=...`: mitmproxy then intercepts only these
+        hosts and passes every other connection through untouched (TLS included)."""
+        return "|".join(e.allow_regex() for e in self.observed())
+
+
+# ------------------------------------------------------------------ operations
+
+_OPENAI_OPS = (
+    ("/chat/completions", "llm/v1/chat"),
+    ("/completions", "llm/v1/completions"),
+    ("/embeddings", "llm/v1/embeddings"),
+    ("/responses", RESPONSES),
+)
+
+_GEMINI_OP = re.compile(r"/models/[^/:?]+:([A-Za-z]+)$")
+_GEMINI_OPS = {
+    "generateContent": "llm/v1/chat",
+    "streamGenerateContent": "llm/v1/chat",
+    "embedContent": "llm/v1/embeddings",
+    "batchEmbedContents": "llm/v1/embeddings",
+}
+_BEDROCK_OP = re.compile(
+    r"/model/[^/]+/(converse|converse-stream|invoke|invoke-with-response-stream)/?$"
+)
+
+_NATIVE_OPS: dict[str, dict[str, str]] = {
+    "anthropic": {"/v1/messages": "llm/v1/chat", "/v1/complete": "llm/v1/completions"},
+    "cohere": {
+        "/v1/chat": "llm/v1/chat",
+        "/v2/chat": "llm/v1/chat",
+        "/v1/generate": "llm/v1/completions",
+        "/v1/embed": "llm/v1/embeddings",
+        "/v2/embed": "llm/v1/embeddings",
+    },
+    "ollama": {
+        "/api/chat": "llm/v1/chat",
+        "/api/generate": "llm/v1/completions",
+        "/api/embed": "llm/v1/embeddings",
+        "/api/embeddings": "llm/v1/embeddings",
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    #: "openai" (OpenAI's wire format, whatever the provider) or "native"
+    format: str
+    #: a RouteType value ("llm/v1/chat", ...) or RESPONSES
+    kind: str
+
+
+def operation(provider: str, method: str, path: str) -> Operation | None:
+    """Whether `method path` on a host of `provider` is an LLM call, and of what kind
+    (None: another request, e.g. listing models, which observe mode does not record)."""
+    if method.upper() != "POST":
+        return None
+    p = path.partition("?")[0].rstrip("/")
+    for suffix, kind in _OPENAI_OPS:
+        if p.endswith(suffix):
+            return Operation("openai", kind)
+    if provider == "gemini":
+        m = _GEMINI_OP.search(p)
+        kind = _GEMINI_OPS.get(m.group(1)) if m else None
+        return Operation("native", kind) if kind else None
+    if provider == "bedrock":
+        return Operation("native", "llm/v1/chat") if _BEDROCK_OP.search(p) else None
+    kind = _NATIVE_OPS.get(provider, {}).get(p)
+    return Operation("native", kind) if kind else None
+
+
+# ------------------------------------------------------------------ the command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m addons.llm_hosts",
+        description="The LLM API hosts llmitm's observe mode recognises.",
+    )
+    parser.add_argument(
+        "--allow-hosts",
+        action="store_true",
+        help="print the regex for mitmproxy's allow_hosts option (intercept only these)",
+    )
+    parser.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="HOST=PROVIDER",
+        help="an extra entry, as for --set llmitm_observe_hosts (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        table = HostTable.from_config(args.add)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.allow_hosts:
+        print(table.allow_hosts())
+        return 0
+    for e in table.observed():
+        print(f"{e.pattern:40} {e.provider}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
