@@ -103,6 +103,8 @@ class HttpDelivery:
         self._dir = spool_dir / _safe(sink.name)
         self._records: list[CallRecord] = []
         self._lanes: dict[str, _Lane] = {}
+        # lanes being made (their spool loading): a second caller waits for the first
+        self._creating: dict[str, asyncio.Future[_Lane]] = {}
         self._wake = asyncio.Event()
         self._intake: asyncio.Task[None] | None = None
         self._client = client
@@ -218,9 +220,20 @@ class HttpDelivery:
     async def _lane(self, channel: str) -> _Lane:
         lane = self._lanes.get(channel)
         if lane is None:
+            creating = self._creating
+            if channel in creating:
+                return await asyncio.shield(creating[channel])
+            fut = creating[channel] = asyncio.get_running_loop().create_future()
             spool = Spool(self._dir / _safe(channel), self.spool_max_bytes)
-            pending = await asyncio.to_thread(spool.load)
+            try:
+                pending = await asyncio.to_thread(spool.load)
+            except BaseException as e:
+                del creating[channel]
+                fut.set_exception(e)
+                raise
             lane = self._lanes[channel] = _Lane(channel, spool)
+            del creating[channel]
+            fut.set_result(lane)
             if pending:
                 lane.spooling = True
                 log.info(
@@ -262,6 +275,10 @@ class HttpDelivery:
         if not items:
             return
         refused = await asyncio.to_thread(lane.spool.append, [it.data for it in items])
+        if lane.spool.pending:
+            # the spool holds items: they go from there, in order, whatever `_step`
+            # decided while this append ran in its thread
+            lane.spooling = True
         self.stats.spooled += len(items) - refused
         if refused:
             self.stats.dropped += refused
@@ -292,9 +309,12 @@ class HttpDelivery:
 
     async def _step(self, lane: _Lane) -> None:
         max_batch = max(1, self.sink.max_batch)
-        if lane.spooling and lane.mem:  # a failed request's items, left when spooling began
-            await self._spill(lane)
-        if lane.spooling:
+        if lane.spooling and lane.mem:
+            # items kept in memory when spooling began (a request's, in flight then):
+            # older than everything in the spool, so they go first, from memory
+            batch = [lane.mem[i] for i in range(min(max_batch, len(lane.mem)))]
+            from_spool = False
+        elif lane.spooling:
             data = await asyncio.to_thread(lane.spool.peek, max_batch)
             if not data:
                 lane.spooling = bool(lane.spool.pending)
@@ -327,7 +347,7 @@ class HttpDelivery:
             )
         if retry and len(retry) == len(batch):  # nothing went through: back off, same batch
             self._failed(lane, verdict)
-            if not from_spool and lane.failures >= self.spool_after:
+            if not from_spool and not lane.spooling and lane.failures >= self.spool_after:
                 log.warning(
                     "%s: %s failing (%s): spooling to %s until it recovers",
                     self.sink.name,
@@ -348,7 +368,7 @@ class HttpDelivery:
         lane.failures = 0
         lane.not_before = 0.0
         if retry:
-            if lane.spooling:
+            if from_spool:
                 await self._to_spool(lane, retry)
             else:
                 lane.mem.extendleft(reversed(retry))
