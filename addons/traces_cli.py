@@ -434,22 +434,11 @@ def _list(
 
 
 def _newer(store: Store, after: int, filters: dict[str, Any]) -> list[tuple[int, CallRow]]:
-    """The calls inserted after rowid `after`, in the order they landed.
-
-    The store's read API orders by start time; following needs insertion order (a long
-    stream lands after shorter calls that started later), which SQLite's rowid gives:
-    the single writer appends in commit order. Built on the same row query and filters
-    as `Store.latest`.
-    """
-    where, args = store_mod._where(**filters)
-    where = f"{where} AND rowid > ?" if where else " WHERE rowid > ?"
-    sql = store_mod._ROW_SQL.replace("SELECT ", "SELECT rowid, ", 1)
-    cur = store.conn.execute(f"{sql}{where} ORDER BY rowid", [*args, after])
-    return [(r[0], store_mod._call_row(r[1:])) for r in cur]
+    return store.newer(after, **filters)
 
 
 def _max_rowid(store: Store) -> int:
-    return store.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM calls").fetchone()[0]
+    return store.last_position()
 
 
 def follow(

@@ -580,6 +580,20 @@ class Store:
         )
         return [_call_row(r) for r in cur]
 
+    def newer(self, after: int, **filters: Any) -> list[tuple[int, CallRow]]:
+        """The calls stored after position `after` (SQLite's rowid), in the order they
+        landed, with their positions: what a follower prints next. Insertion order, not
+        start time: a long stream lands after shorter calls that started later."""
+        where, args = _where(**filters)
+        where = f"{where} AND rowid > ?" if where else " WHERE rowid > ?"
+        sql = _ROW_SQL.replace("SELECT ", "SELECT rowid, ", 1)
+        cur = self.conn.execute(f"{sql}{where} ORDER BY rowid", [*args, int(after)])
+        return [(r[0], _call_row(r[1:])) for r in cur]
+
+    def last_position(self) -> int:
+        """The position of the last stored call (0 when empty)."""
+        return self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM calls").fetchone()[0]
+
     def totals(
         self,
         by: str = "model",
