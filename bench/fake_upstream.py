@@ -10,6 +10,16 @@ Endpoints live in `ENDPOINTS` (path -> handler). A handler gets the request body
 returns what to send: one whole response, or an `SSEPlan` the protocol sends as a
 chunked stream on a timer. Adding a provider's wire format for a new bench variant
 (e.g. Anthropic's `/v1/messages`) is adding one handler and one `ENDPOINTS` entry.
+
+It also stands in for the services the gateway's log plugins send to (`SINKS`: Opik's
+batch endpoints, Langfuse's and a collector's OTLP endpoint, an http-log receiver),
+answering as they do on success. Any endpoint can be called under a tag, a first path
+segment naming the bench variant (`/opik/v1/chat/completions`,
+`/opik/api/v1/private/traces/batch`), so one fake serves every variant and still tells
+them apart: it counts the requests per tag and endpoint, and keeps the sinks' bodies
+(gzip or not) without reading them; `GET /_bench/received` counts the items in them
+(Opik traces and spans, OTLP spans, http-log records) and answers with a JSON summary,
+so a run can check that every call's record reached every sink.
 """
 
 from __future__ import annotations
@@ -17,10 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gzip
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 MODEL = "gpt-4o-mini"
 
@@ -195,11 +208,143 @@ def anthropic_messages(body: bytes, settings: StreamSettings) -> bytes | SSEPlan
     return ANTHROPIC_MESSAGE_BODY
 
 
+# ------------------------------------------------------------------ sinks
+
+
+def _decoded(body: bytes) -> bytes:
+    """A request body as sent before any gzip content-encoding (told by gzip's magic)."""
+    return gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+
+
+def _opik_entries(key: str) -> Callable[[bytes], int]:
+    """Opik's batches: `{"traces": [...]}` or `{"spans": [...]}`."""
+    return lambda body: len(json.loads(_decoded(body))[key])
+
+
+def otlp_spans(body: bytes) -> int:
+    """The spans of an OTLP/HTTP ExportTraceServiceRequest, protobuf or JSON."""
+    data = _decoded(body)
+    if data.lstrip()[:1] == b"{":
+        doc = json.loads(data)
+        return sum(
+            len(scope.get("spans") or ())
+            for rs in doc.get("resourceSpans") or doc.get("resource_spans") or ()
+            for scope in rs.get("scopeSpans") or rs.get("scope_spans") or ()
+        )
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    req = ExportTraceServiceRequest()
+    req.ParseFromString(data)
+    return sum(len(scope.spans) for rs in req.resource_spans for scope in rs.scope_spans)
+
+
+def http_log_records(body: bytes) -> int:
+    """Kong's http-log: one record as a JSON object, or a batch as a JSON array."""
+    doc = json.loads(_decoded(body))
+    return len(doc) if isinstance(doc, list) else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Sink:
+    """An endpoint a log plugin sends to: how the service answers a success, and how
+    many items (traces, spans, records) one request body holds."""
+
+    name: str
+    #: the log plugin that sends here
+    plugin: str
+    answer: bytes
+    items: Callable[[bytes], int]
+
+
+#: Opik answers a batch with 204 and no body
+_NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
+#: an OTLP/HTTP success: an empty ExportTraceServiceResponse (zero bytes of protobuf)
+_OTLP_OK = _response("200 OK", "application/x-protobuf", b"")
+
+#: path -> the sink that receives there (the paths each exporter builds from its config)
+SINKS: dict[str, Sink] = {
+    "/api/v1/private/traces/batch": Sink(
+        "opik traces", "opik-log", _NO_CONTENT, _opik_entries("traces")
+    ),
+    "/api/v1/private/spans/batch": Sink(
+        "opik spans", "opik-log", _NO_CONTENT, _opik_entries("spans")
+    ),
+    "/api/public/otel/v1/traces": Sink("langfuse spans", "ai-tracing", _OTLP_OK, otlp_spans),
+    "/v1/traces": Sink("otlp spans", "opentelemetry", _OTLP_OK, otlp_spans),
+    "/log": Sink(
+        "http-log records", "http-log", _response("200 OK", "text/plain", b"ok"), http_log_records
+    ),
+}
+
+
+def _sink_handler(sink: Sink) -> Handler:
+    return lambda body, settings: sink.answer
+
+
 #: path -> handler; each bench variant names the endpoint its gateway route calls.
 ENDPOINTS: dict[str, Handler] = {
     "/v1/chat/completions": openai_chat,
     "/v1/messages": anthropic_messages,
+    **{path: _sink_handler(sink) for path, sink in SINKS.items()},
 }
+
+#: GET this path for what the fake received (`Received.summary`)
+RECEIVED_PATH = "/_bench/received"
+
+
+def split_target(target: str) -> tuple[str, str] | None:
+    """(tag, endpoint) of a request target: `/v1/messages` is ("", "/v1/messages"),
+    `/opik/v1/messages` is ("opik", "/v1/messages"); None for an unknown endpoint."""
+    path = target.split("?", 1)[0]
+    if path in ENDPOINTS:
+        return "", path
+    _, tag, rest = path.split("/", 2) if path.count("/") >= 2 else ("", "", "")
+    rest = "/" + rest
+    return (tag, rest) if tag and rest in ENDPOINTS else None
+
+
+class Received:
+    """Requests per (tag, endpoint), and the sinks' bodies, counted only when asked (so
+    the bench's load is not slowed by parsing them)."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.items: Counter[tuple[str, str]] = Counter()
+        self.unreadable: Counter[tuple[str, str]] = Counter()
+        self.pending: dict[tuple[str, str], list[bytes]] = {}
+
+    def add(self, tag: str, endpoint: str, body: bytes) -> None:
+        key = (tag, endpoint)
+        self.requests[key] += 1
+        if endpoint in SINKS:
+            self.pending.setdefault(key, []).append(body)
+
+    def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{tag: {endpoint: {"requests", "items", and for sinks "sink", "unreadable"}}}
+        (for a provider endpoint, items are its requests: one call each)."""
+        for key, bodies in self.pending.items():
+            count = SINKS[key[1]].items
+            for body in bodies:
+                try:
+                    self.items[key] += count(body)
+                except Exception:  # noqa: BLE001 - a body the sink would refuse: say so
+                    self.unreadable[key] += 1
+        self.pending = {}
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for (tag, endpoint), n in sorted(self.requests.items()):
+            entry: dict[str, Any] = {"requests": n, "items": n}
+            sink = SINKS.get(endpoint)
+            if sink is not None:
+                entry |= {
+                    "sink": sink.name,
+                    "items": self.items[(tag, endpoint)],
+                    "unreadable": self.unreadable[(tag, endpoint)],
+                }
+            out.setdefault(tag, {})[endpoint] = entry
+        return out
+
 
 NOT_FOUND = _json_response({"error": {"message": "no such endpoint"}}, "404 Not Found")
 BAD_REQUEST = _response("400 Bad Request", "text/plain", b"unsupported request\n")
@@ -210,8 +355,9 @@ class FakeProvider(asyncio.Protocol):
 
     While a stream is being sent, further (pipelined) requests wait in the buffer."""
 
-    def __init__(self, settings: StreamSettings) -> None:
+    def __init__(self, settings: StreamSettings, received: Received) -> None:
         self.settings = settings
+        self.received = received
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.streaming: asyncio.TimerHandle | None = None
@@ -256,11 +402,16 @@ class FakeProvider(asyncio.Protocol):
             body = bytes(self.buf[end + 4 : end + 4 + length])
             del self.buf[: end + 4 + length]
             parts = head.split(b" ", 2)
-            handler = ENDPOINTS.get(parts[1].decode("latin-1")) if len(parts) == 3 else None
-            if handler is None or parts[0] != b"post":
+            target = parts[1].decode("latin-1") if len(parts) == 3 else ""
+            if parts[0] == b"get" and target == RECEIVED_PATH:
+                self.reply(_json_response(self.received.summary()))
+                continue
+            found = split_target(target) if parts[0] == b"post" else None
+            if found is None:
                 self.reply(NOT_FOUND)
                 continue
-            answer = handler(body, self.settings)
+            self.received.add(*found, body)
+            answer = ENDPOINTS[found[1]](body, self.settings)
             if isinstance(answer, SSEPlan):
                 self.transport.write(answer.head)
                 self.send_events(answer.events, 0)
@@ -295,7 +446,8 @@ class FakeProvider(asyncio.Protocol):
 
 async def serve(port: int, settings: StreamSettings) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: FakeProvider(settings), "127.0.0.1", port)
+    received = Received()
+    server = await loop.create_server(lambda: FakeProvider(settings, received), "127.0.0.1", port)
     async with server:
         await server.serve_forever()
 

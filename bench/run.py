@@ -14,22 +14,26 @@ reported, not an error; the exit status is non-zero only when a component fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
 import platform
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
 import fake_upstream
+import yaml
 from loadgen import (
     Connection,
     HTTPError,
@@ -66,6 +70,11 @@ class Server:
     variant: Variant
     port: int
     pid: int
+    #: the gateway's config file and embedded store ("" when off); None for bare
+    config: Path | None = None
+    store: str | None = None
+    #: where its output goes (warnings and errors)
+    log: Path | None = None
 
     @property
     def url(self) -> str:
@@ -78,6 +87,13 @@ class Measured:
 
     wrk: dict[int, list[WrkResult]] = field(default_factory=dict)  # connections -> per round
     ttft_ms: list[list[float]] = field(default_factory=list)  # per round, per request
+    #: CPU seconds the mitmdump process (all its threads) used during each wrk run
+    cpu_s: list[float] = field(default_factory=list)
+
+    def cpu_ms_per_call(self) -> float:
+        """The process's CPU time per request wrk completed, over all its wrk runs."""
+        calls = sum(r.requests for runs in self.wrk.values() for r in runs)
+        return 1000 * sum(self.cpu_s) / calls if calls and self.cpu_s else float("nan")
 
     def median(self, connections: int, attr: str) -> float:
         """The median over rounds of a WrkResult field (rps, p50 or p99)."""
@@ -163,42 +179,71 @@ def start_fake(procs: Processes, args: argparse.Namespace) -> int:
     return port
 
 
-def start_mitmdump(procs: Processes, variant: Variant, fake_port: int, workdir: Path) -> Server:
-    """Start mitmdump for `variant` (bare when it has no config) and check it answers."""
-    port = free_port()
+def mitmdump_options(
+    variant: Variant, fake_port: int, port: int, workdir: Path
+) -> tuple[list[str], dict[str, str | None]]:
+    """mitmdump's arguments for `variant` (after the program's name), and the `--set`
+    options among them, each given once.
+
+    mitmproxy refuses an addon's option given twice ("Received multiple values") and
+    then drops every deferred addon option, llmitm_config included: the gateway would
+    start without its config and forward everything to the reverse target. So a
+    `--set` in the variant's `mitmdump_args` replaces the harness's value of that
+    option instead of being added after it."""
     confdir = workdir / f"confdir-{port}"  # isolated from ~/.mitmproxy and its config.yaml
     confdir.mkdir()
-    argv = [mitmdump_path(), "-q"]
+    argv: list[str] = []
+    # -q, but with warnings (e.g. a sink's retries): -q would override termlog_verbosity
+    options: dict[str, str | None] = {"termlog_verbosity": "warn", "flow_detail": "0"}
     if variant.config is None:
         target = f"http://{HOST}:{fake_port}"  # bare: mitmproxy forwards to the fake
     else:
         target = f"http://{HOST}:9"  # unused: the gateway does its own upstream I/O
         config = workdir / f"{variant.name}-{port}.yaml"
         config.write_text(variant.render_config(f"http://{HOST}:{fake_port}", workdir))
-        argv += ["-s", str(GATEWAY_SCRIPT), "--set", f"llmitm_config={config}"]
+        argv += ["-s", str(GATEWAY_SCRIPT)]
+        options["llmitm_config"] = str(config)
         # the embedded store stays on, as in a default install, but in the run's directory
-        argv += [
-            "--set",
-            f"llmitm_spool_dir={workdir / 'spool'}",
-            "--set",
-            f"llmitm_store={workdir / (variant.name + '.db')}",
-        ]
-        argv += ["--set", "llmitm_status_listen=off"]
-    argv += [
-        "--mode",
-        f"reverse:{target}@{HOST}:{port}",
-        "--set",
-        "connection_strategy=lazy",
-        "--set",
-        f"confdir={confdir}",
-        *variant.mitmdump_args,
-    ]
+        # (a variant may turn it off); each gateway spools to its own directory
+        options["llmitm_spool_dir"] = str(workdir / f"spool-{variant.name}")
+        options["llmitm_store"] = str(workdir / f"{variant.name}.db")
+        options["llmitm_status_listen"] = "off"
+    options["connection_strategy"] = "lazy"
+    options["confdir"] = str(confdir)
+    extra: list[str] = []
+    args = list(variant.mitmdump_args)
+    while args:
+        arg = args.pop(0)
+        if arg == "--set" and args:
+            name, eq, value = args.pop(0).partition("=")
+            options[name] = value if eq else None
+        else:
+            extra.append(arg)
+    argv += ["--mode", f"reverse:{target}@{HOST}:{port}"]
+    for name, value in options.items():
+        argv += ["--set", name if value is None else f"{name}={value}"]
+    return argv + extra, options
+
+
+def start_mitmdump(procs: Processes, variant: Variant, fake_port: int, workdir: Path) -> Server:
+    """Start mitmdump for `variant` (bare when it has no config) and check it answers."""
+    port = free_port()
+    args, options = mitmdump_options(variant, fake_port, port, workdir)
+    argv = [mitmdump_path(), *args]
     name = f"mitmdump ({variant.summary})"
     # Import the gateway from this checkout, even when the venv's editable install of
     # llmitm points at another one.
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     proc = procs.start(name, argv, port, env={**os.environ, "PYTHONPATH": pythonpath})
-    server = Server(variant, port, proc.pid)
+    config = options.get("llmitm_config")
+    server = Server(
+        variant,
+        port,
+        proc.pid,
+        Path(config) if config else None,
+        options.get("llmitm_store"),
+        proc.log,
+    )
     try:
         check(server)
     except (HTTPError, OSError, ValueError) as e:
@@ -218,6 +263,17 @@ def check(server: Server) -> None:
 
 
 # ------------------------------------------------------------------ measuring
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` and all its threads (Linux: /proc);
+    NaN where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_profiler(procs: Processes, server: Server, seconds: float, out: Path) -> Process:
@@ -258,7 +314,9 @@ def measure(
                 profiler = None
                 if args.profile and connections == HIGH and server.variant.config is not None:
                     profiler = start_profiler(procs, server, args.duration - 1, args.profile)
+                cpu = cpu_seconds(server.pid)
                 result = run_wrk(server.url, bodies[name], connections, args.duration)
+                results[name].cpu_s.append(cpu_seconds(server.pid) - cpu)
                 results[name].wrk.setdefault(connections, []).append(result)
                 if profiler is not None:
                     profiler.popen.wait(30)
@@ -273,6 +331,141 @@ def measure(
     return results
 
 
+# ------------------------------------------------------------------ delivery
+
+
+@dataclass(slots=True)
+class Delivered:
+    """What one variant's sinks received, against the calls it made to the fake."""
+
+    calls: int
+    #: sink -> (items received, items expected: one per call, requests they came in; 0
+    #: for the store and file-log, which are written locally)
+    sinks: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    #: request bodies a sink could not read
+    unreadable: int = 0
+
+    def complete(self) -> bool:
+        return not self.unreadable and all(got == want for got, want, _ in self.sinks.values())
+
+
+def fake_received(fake_port: int) -> dict[str, dict[str, dict[str, int]]]:
+    """The fake's count of what it received, per tag (variant) and endpoint."""
+    url = f"http://{HOST}:{fake_port}{fake_upstream.RECEIVED_PATH}"
+    with urllib.request.urlopen(url, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def _file_log_paths(config: Path) -> list[Path]:
+    doc = yaml.safe_load(config.read_text()) or {}
+    return [
+        Path(p["config"]["path"])
+        for p in doc.get("plugins") or ()
+        if p.get("name") == "file-log" and p.get("config", {}).get("path")
+    ]
+
+
+def _lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+def _store_rows(path: str) -> int:
+    if not Path(path).exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT count(*) FROM calls").fetchone()[0])
+
+
+def delivered(fake_port: int, servers: list[Server]) -> dict[str, Delivered]:
+    """For each variant the fake tells apart (`Variant.tagged`): the calls it made, and
+    what each of its sinks (the fake's stand-ins, the store, file-log) received."""
+    received = fake_received(fake_port)
+    out: dict[str, Delivered] = {}
+    for server in servers:
+        variant = server.variant
+        if not variant.tagged or server.config is None:
+            continue
+        by_endpoint = received.get(variant.name, {})
+        calls = by_endpoint.get(variant.fake_endpoint, {}).get("requests", 0)
+        d = out[variant.name] = Delivered(calls)
+        if server.store:
+            d.sinks["store rows"] = (_store_rows(server.store), calls, 0)
+        for path in _file_log_paths(server.config):
+            d.sinks["file-log lines"] = (_lines(path), calls, 0)
+        assert variant.config is not None
+        for endpoint, sink in fake_upstream.SINKS.items():
+            if f"- name: {sink.plugin}\n" in variant.config:
+                got = by_endpoint.get(endpoint, {})
+                d.sinks[sink.name] = (got.get("items", 0), calls, got.get("requests", 0))
+                d.unreadable += got.get("unreadable", 0)
+    return out
+
+
+def gateway_logs(servers: list[Server], limit: int = 1500) -> str:
+    """The end of what each gateway logged (at -q plus warnings: nothing, normally)."""
+    out = []
+    for server in servers:
+        text = server.log.read_text(errors="replace").strip() if server.log else ""
+        if text:
+            out.append(f"== {server.variant.name}\n{text[-limit:]}")
+    return "\n".join(out)
+
+
+def wait_delivered(
+    fake_port: int, servers: list[Server], patience: float = 5.0, limit: float = 60.0
+) -> dict[str, Delivered]:
+    """`delivered` once every sink has everything, or nothing more arrived for
+    `patience` seconds (sinks batch for up to a second or two), or after `limit`."""
+    start = last_change = time.monotonic()
+    previous = None
+    while True:
+        result = delivered(fake_port, servers)
+        if all(d.complete() for d in result.values()):
+            return result
+        now = time.monotonic()
+        if result != previous:
+            previous, last_change = result, now
+        if now - last_change >= patience or now - start >= limit:
+            return result
+        time.sleep(0.5)
+
+
+def delivery_report(results: dict[str, Delivered]) -> list[str]:
+    if not results:
+        return []
+    width = max(len(name) for name in results)
+    lines = [
+        "",
+        "sinks received (items / calls the variant made: one item per call expected; in how "
+        "many requests):",
+    ]
+    for name, d in results.items():
+        parts = [
+            f"{sink} {got}/{want}"
+            + (f" in {requests} req" if requests else "")
+            + ("" if got == want else " !")
+            for sink, (got, want, requests) in d.sinks.items()
+        ]
+        if d.unreadable:
+            parts.append(f"{d.unreadable} unreadable request bodies !")
+        line = f"  {name:{width}}  calls {d.calls:6d}  "
+        indent = " " * len(line)
+        for i, part in enumerate(parts or ["no sink"]):
+            text = part + ("," if i < len(parts) - 1 else "")
+            if i > 0 and len(line) + len(text) > 100:
+                lines.append(line.rstrip())
+                line = indent
+            line += text + " "
+        lines.append(line.rstrip())
+    if not all(d.complete() for d in results.values()):
+        lines.append("  ! marks a sink that did not receive every record (while the gateway ran)")
+    return lines
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -280,8 +473,8 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def _row(label: str, measured: str, target: str, mark: str) -> str:
-    return f"  {label:<36}{measured:>10}   {target:<11} {mark}"
+def _row(label: str, measured: str, target: str, mark: str, width: int = 36) -> str:
+    return f"  {label:<{width}}{measured:>10}   {target:<11} {mark}"
 
 
 def report(args: argparse.Namespace, info: dict[str, str], results: dict[str, Measured]) -> str:
@@ -305,24 +498,31 @@ def report(args: argparse.Namespace, info: dict[str, str], results: dict[str, Me
             "requests per round"
         ),
         "",
-        f"{'':{width}}  {group.format(f' c={LOW} ')}  {group.format(f' c={HIGH} ')}  {'TTFT':>7}",
+        f"{'':{width}}  {group.format(f' c={LOW} ')}  {group.format(f' c={HIGH} ')}  {'TTFT':>7}"
+        f"  {'CPU ms':>7}",
         (
             f"{'target':{width}}  {'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}  {'req/s':>8}{'p50 ms':>9}"
-            f"{'p99 ms':>9}  {'p50 ms':>7}"
+            f"{'p99 ms':>9}  {'p50 ms':>7}  {'/call':>7}"
         ),
     ]
     for name, m in results.items():
         row = f"{name:{width}}"
         for c in CONCURRENCY:
             row += f"  {m.median(c, 'rps'):8.1f}{m.median(c, 'p50'):9.2f}{m.median(c, 'p99'):9.2f}"
-        mark = "*" if name == BARE.name else ""
-        lines.append(f"{row}  {m.ttft_p50():7.2f}{mark}")
+        mark = "*" if name == BARE.name else " "
+        lines.append(f"{row}  {m.ttft_p50():7.2f}{mark} {m.cpu_ms_per_call():7.3f}")
     lines.append(
         f"* {BARE.name} TTFT: {BARE_STREAMING.summary} (without it mitmdump holds a stream "
         "back until its end)"
     )
+    lines.append(
+        "CPU ms/call: the mitmdump process's CPU time (all its threads) during its wrk runs, "
+        "per request completed"
+    )
 
     bare = results[BARE.name]
+    # the label column fits the longest "throughput at c=16 (variant/bare)"
+    label = max(36, *(len(f"throughput at c={HIGH} ({n}/{BARE.name})") for n in results))
     for name, m in results.items():
         if name == BARE.name:
             continue
@@ -332,24 +532,27 @@ def report(args: argparse.Namespace, info: dict[str, str], results: dict[str, Me
         failed = bool(m.errors() or bare.errors())
         lines += [
             "",
-            f"{name + ' vs ' + BARE.name:<38}{'measured':>10}   {'target':<11} verdict",
+            f"{name + ' vs ' + BARE.name:<{label + 2}}{'measured':>10}   {'target':<11} verdict",
             _row(
                 f"throughput at c={HIGH} ({name}/{BARE.name})",
                 f"{ratio:.2f}x",
                 f">= {MIN_THROUGHPUT_RATIO:.2f}x",
                 "ERRORS" if failed else verdict(ratio >= MIN_THROUGHPUT_RATIO),
+                label,
             ),
             _row(
                 f"added p50 latency at c={LOW}",
                 f"{p50:+.2f} ms",
                 f"<= {MAX_ADDED_P50_MS:.2f} ms",
                 "ERRORS" if failed else verdict(p50 <= MAX_ADDED_P50_MS),
+                label,
             ),
             _row(
                 "added TTFT p50",
                 f"{ttft:+.2f} ms",
                 f"<= {MAX_ADDED_TTFT_MS:.2f} ms",
                 verdict(ttft <= MAX_ADDED_TTFT_MS),
+                label,
             ),
         ]
         if args.rounds > 1:
@@ -391,13 +594,27 @@ def _relative(results: dict[str, Measured]) -> list[str]:
             f"{name} vs {base_name}: throughput at c={HIGH} "
             f"{m.median(HIGH, 'rps') / base.median(HIGH, 'rps'):.2f}x, "
             f"added p50 at c={LOW} {m.median(LOW, 'p50') - base.median(LOW, 'p50'):+.2f} ms, "
-            f"added TTFT p50 {m.ttft_p50() - base.ttft_p50():+.2f} ms",
+            f"added TTFT p50 {m.ttft_p50() - base.ttft_p50():+.2f} ms, "
+            f"added CPU {m.cpu_ms_per_call() - base.cpu_ms_per_call():+.3f} ms/call",
         ]
+        if len(m.wrk[HIGH]) > 1:
+            rounds = zip(m.wrk[HIGH], base.wrk[HIGH], m.wrk[LOW], base.wrk[LOW], strict=True)
+            lines.append(
+                "  per round (throughput, added p50): "
+                + ", ".join(
+                    f"{g_high.rps / b_high.rps:.2f}x {g_low.p50 - b_low.p50:+.2f} ms"
+                    for g_high, b_high, g_low, b_low in rounds
+                )
+            )
     return lines
 
 
 def save_json(
-    path: Path, args: argparse.Namespace, info: dict[str, str], results: dict[str, Measured]
+    path: Path,
+    args: argparse.Namespace,
+    info: dict[str, str],
+    results: dict[str, Measured],
+    sinks: dict[str, Delivered],
 ) -> None:
     data = {
         "machine": info,
@@ -414,9 +631,11 @@ def save_json(
                     for c, runs in m.wrk.items()
                 },
                 "ttft_ms": m.ttft_ms,
+                "cpu_s": m.cpu_s,
             }
             for name, m in results.items()
         },
+        "sinks": {name: asdict(d) for name, d in sinks.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
@@ -509,6 +728,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {server.variant.summary}: port {server.port}, pid {server.pid}")
             print("measuring...", flush=True)
             results = measure(args, procs, [bare, *gateways], [bare_streaming, *gateways], workdir)
+            if any(server.variant.tagged for server in gateways):
+                print("waiting for the sinks to receive every record...", flush=True)
+            sinks = wait_delivered(fake_port, gateways)
+            logs = gateway_logs(gateways)
         except StartupError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -520,8 +743,12 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     print()
     print(report(args, info, results))
+    print("\n".join(delivery_report(sinks)))
+    if logs:
+        print("\ngateway warnings and errors (their last lines):")
+        print(logs)
     if args.json:
-        save_json(args.json, args, info, results)
+        save_json(args.json, args, info, results, sinks)
         print(f"\nraw results: {args.json}")
     if args.profile:
         print(f"flame graphs: {args.profile}/ (figures of a profiled run are skewed)")

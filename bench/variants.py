@@ -7,8 +7,16 @@ another setup (a translated Anthropic route, an exporter, the policy chain...), 
 `Variant` to `VARIANTS` (and, for a new provider wire format, a handler to
 `fake_upstream.ENDPOINTS`).
 
-In a config, `$upstream` is replaced by the fake upstream's base URL and `$workdir` by
-the run's temporary directory (for log files and the like).
+In a config, `$upstream` is replaced by the fake upstream's base URL, `$workdir` by
+the run's temporary directory (for log files and the like) and `$variant` by the
+variant's name. A variant that calls `$upstream/$variant/...` (its provider and its
+sinks) is told apart by the fake, which then counts the calls it made and the records
+each of its sinks received (see `fake_upstream.Received`).
+
+The sink variants (`no-sink`, `store`, `file-log`, `opik`, `langfuse`, `otlp`,
+`http-log`, `http-log-batch`, `all-sinks`) share one route and differ only in their
+global log plugins and whether the embedded store is on; each is compared with
+`no-sink`, so the report shows what that sink costs over none.
 """
 
 from __future__ import annotations
@@ -42,7 +50,9 @@ class Variant:
     #: where clients send their requests, and what
     client_path: str = "/v1/chat/completions"
     request: dict[str, Any] = field(default_factory=lambda: dict(CHAT_REQUEST))
-    #: extra mitmdump options, e.g. ("--set", "stream_large_bodies=1")
+    #: extra mitmdump options, e.g. ("--set", "stream_large_bodies=1"); a `--set` here
+    #: replaces the harness's own value of that option (see `run.mitmdump_options`), e.g.
+    #: `NO_STORE` turns the embedded store off
     mitmdump_args: tuple[str, ...] = ()
     #: run without asking (`--variants` names the others)
     default: bool = True
@@ -52,7 +62,14 @@ class Variant:
 
     def render_config(self, upstream: str, workdir: Path) -> str:
         assert self.config is not None
-        return Template(self.config).substitute(upstream=upstream, workdir=str(workdir))
+        return Template(self.config).substitute(
+            upstream=upstream, workdir=str(workdir), variant=self.name
+        )
+
+    @property
+    def tagged(self) -> bool:
+        """Whether the fake can tell this variant's requests apart (`$upstream/$variant`)."""
+        return self.config is not None and "$upstream/$variant/" in self.config
 
     def body(self, stream: bool = False) -> bytes:
         """The client request body (streamed: asking for the usage chunk, as SDKs do)."""
@@ -108,6 +125,75 @@ ANTHROPIC_FILE_LOG = (
     )
 )
 
+#: mitmdump options that turn the embedded SQLite store off (it is on by default)
+NO_STORE = ("--set", "llmitm_store=")
+
+# The sink variants: one route to the fake OpenAI under the variant's tag, and the
+# global log plugins below, each sending to the fake's stand-in for its service.
+TAGGED_OPENAI = OPENAI_ONLY.replace(
+    "upstream_url: $upstream", "upstream_url: $upstream/$variant/v1/chat/completions"
+)
+SINK_PLUGINS = {
+    "file-log": """\
+  - name: file-log
+    config:
+      path: $workdir/$variant.jsonl
+""",
+    "opik": """\
+  - name: opik-log
+    config:
+      http_endpoint: $upstream/$variant/api
+      opik_api_key: bench-key
+      opik_workspace: bench
+      project_name: bench
+""",
+    "langfuse": """\
+  - name: ai-tracing
+    config:
+      langfuse_enabled: true
+      langfuse_public_key: pk-lf-bench
+      langfuse_secret_key: sk-lf-bench
+      langfuse_endpoint: $upstream/$variant
+""",
+    "otlp": """\
+  - name: opentelemetry
+    config:
+      traces_endpoint: $upstream/$variant/v1/traces
+""",
+    # Kong's default queue: max_batch_size 1, i.e. one request per record
+    "http-log": """\
+  - name: http-log
+    config:
+      http_endpoint: $upstream/$variant/log
+""",
+    "http-log-batch": """\
+  - name: http-log
+    config:
+      http_endpoint: $upstream/$variant/log
+      queue:
+        max_batch_size: 1000
+""",
+}
+
+
+def with_sinks(*names: str) -> str:
+    """The tagged OpenAI route with these global log plugins (`SINK_PLUGINS` keys)."""
+    if not names:
+        return TAGGED_OPENAI
+    return TAGGED_OPENAI + "plugins:\n" + "".join(SINK_PLUGINS[n] for n in names)
+
+
+def _sink_variant(name: str, summary: str, *sinks: str, store: bool = False) -> Variant:
+    return Variant(
+        name,
+        summary,
+        with_sinks(*sinks),
+        mitmdump_args=() if store else NO_STORE,
+        default=False,
+        compare_to=None if name == "no-sink" else "no-sink",
+    )
+
+
 #: The gateway setups under test, each compared with the baselines above.
 VARIANTS: list[Variant] = [
     Variant("gateway", "ai-proxy to OpenAI (pass-through) + global file-log", OPENAI_FILE_LOG),
@@ -119,5 +205,28 @@ VARIANTS: list[Variant] = [
         fake_endpoint="/v1/messages",
         request={**CHAT_REQUEST, "model": "claude-bench"},
         compare_to="gateway",
+    ),
+    # what each sink costs: each alone (store off) against none at all
+    _sink_variant("no-sink", "ai-proxy to OpenAI, no log plugin, store off"),
+    _sink_variant("store", "ai-proxy + the embedded SQLite store only", store=True),
+    _sink_variant("file-log", "ai-proxy + file-log, store off", "file-log"),
+    _sink_variant("opik", "ai-proxy + opik-log, store off", "opik"),
+    _sink_variant("langfuse", "ai-proxy + ai-tracing (Langfuse OTLP), store off", "langfuse"),
+    _sink_variant("otlp", "ai-proxy + opentelemetry (OTLP), store off", "otlp"),
+    _sink_variant("http-log", "ai-proxy + http-log (1 record a request), store off", "http-log"),
+    _sink_variant(
+        "http-log-batch",
+        "ai-proxy + http-log (batches of up to 1000), store off",
+        "http-log-batch",
+    ),
+    _sink_variant(
+        "all-sinks",
+        "ai-proxy + store, file-log, opik-log, ai-tracing, opentelemetry, http-log",
+        "file-log",
+        "opik",
+        "langfuse",
+        "otlp",
+        "http-log",
+        store=True,
     ),
 ]
