@@ -682,6 +682,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "DIR (sampling slows the gateway: do not compare the figures of such a run)",
     )
     args = ap.parse_args(argv)
+    if args.profile is not None:  # py-spy runs in the run's temporary directory
+        args.profile = args.profile.resolve()
     quick = args.quick
     if args.duration is None:
         args.duration = 3.0 if quick else 10.0
