@@ -30,6 +30,21 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def _refuse_repeated_options() -> None:
+    """mitmproxy cannot apply a script's option given twice (`--set llmitm_config=a
+    --set llmitm_config=b`): it then drops every option of the script, and the gateway
+    would run with no config and say nothing. Say it, as a startup error (exit 1)."""
+    for name, value in ctx.options.deferred.items():
+        values = getattr(value, "val", None)
+        if name.startswith("llmitm_") and isinstance(values, list) and len(values) > 1:
+            log.error(
+                "llmitm: --set %s is given %d times (%s): give it once",
+                name,
+                len(values),
+                ", ".join(values),
+            )
+
+
 class ConfigWatch:
     name = "llmitm-config"
 
@@ -65,6 +80,7 @@ class ConfigWatch:
             "~/.llmitm/llmitm.db",
             "The embedded SQLite store every call record is written to (empty: none).",
         )
+        _refuse_repeated_options()
 
     def configure(self, updated: set[str]) -> None:
         if "llmitm_status_listen" in updated and self._running:

@@ -6,7 +6,9 @@ thread), the HTTP sinks (opik-log, ai-tracing, opentelemetry, http-log) an
 `HttpDelivery` (queue, batches, retries, disk spool). Every record also goes to the
 embedded SQLite store (`llmitm_store`), which the traces CLI reads. On a config reload
 an instance whose config did not change keeps its queue; removed ones are drained and
-closed in the background.
+closed in the background. An HTTP sink's spool belongs to the plugin and its scope
+(`opik-log@route:chat`), not to one config of it: when a reload changes the plugin's
+config, the new instance takes over what the old one spooled once that one has closed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ HTTP_SINKS = {
 }
 
 
-def make_delivery(plugin: Plugin, spool_dir: Path) -> Delivery | HttpDelivery:
+def spool_name(plugin: Plugin) -> str:
+    """The spool of a plugin instance: the same across edits of its config."""
+    return f"{plugin.name}@{plugin.scope}"
+
+
+def make_delivery(
+    plugin: Plugin, spool_dir: Path, after: asyncio.Future[object] | None = None
+) -> Delivery | HttpDelivery:
     if plugin.name == "file-log":
         # records wait up to 0.25 s to be written together: one hand-off to the writer
         # thread per batch (see exporters/file.py)
@@ -47,7 +56,7 @@ def make_delivery(plugin: Plugin, spool_dir: Path) -> Delivery | HttpDelivery:
     options = _queue_options(plugin.config)
     if getattr(sink, "linger", None) is not None:  # a sink's own flush delay (OTLP's)
         options["linger"] = sink.linger
-    return HttpDelivery(sink, spool_dir, **options)
+    return HttpDelivery(sink, spool_dir, spool_name=spool_name(plugin), after=after, **options)
 
 
 def _queue_options(config: Any) -> dict[str, Any]:
@@ -75,6 +84,8 @@ class Exporters:
         self.spool_dir = Path("~/.llmitm/spool").expanduser()
         self.store_path = ""
         self._closing: set[asyncio.Task[None]] = set()
+        # deliveries still draining, by spool: a successor waits for its predecessor
+        self._draining: dict[str, asyncio.Task[None]] = {}
 
     def set_paths(self, spool_dir: str, store: str) -> None:
         """Where the spool and the embedded store live (mitmproxy options)."""
@@ -101,7 +112,8 @@ class Exporters:
                 self._close_later(self.deliveries.pop(key))
         for key, plugin in wanted.items():
             if key not in self.deliveries:
-                delivery = make_delivery(plugin, self.spool_dir)
+                after = self._draining.get(spool_name(plugin))
+                delivery = make_delivery(plugin, self.spool_dir, after)
                 delivery.start()
                 self.deliveries[key] = delivery
         self._start_store()
@@ -135,6 +147,12 @@ class Exporters:
         task = asyncio.get_running_loop().create_task(delivery.aclose())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        if isinstance(delivery, HttpDelivery):
+            name = delivery.spool_name
+            self._draining[name] = task
+            task.add_done_callback(
+                lambda t: self._draining.pop(name, None) if self._draining.get(name) is t else None
+            )
 
     async def aclose(self, timeout: float = 10.0) -> None:
         deliveries = list(self.deliveries.values())

@@ -18,6 +18,11 @@ holding it:
   after a restart;
 - `aclose` (at shutdown) sends what it can within a time limit and spools the rest.
 
+The spool directory is named by `spool_name` (the plugin and its scope), not by the
+sink's config, so a config edit (a fixed API key, a new endpoint) does not orphan what
+the old config spooled: the new delivery is given the old one's closing as `after`, and
+opens the spool only once the old one has finished with it.
+
 Guarantee: at least once. An item is removed from memory or the spool only after the
 sink accepted it (or said it never will); an item can be sent twice only if the process
 dies between a sink's answer and the spool's bookkeeping.
@@ -91,6 +96,8 @@ class HttpDelivery:
         spool_after: int = 3,
         spool_max_bytes: int = 1024**3,
         client: httpx.AsyncClient | None = None,
+        spool_name: str | None = None,
+        after: asyncio.Future[object] | None = None,
     ) -> None:
         self.sink = sink
         self.capacity = capacity
@@ -100,7 +107,10 @@ class HttpDelivery:
         self.spool_after = spool_after
         self.spool_max_bytes = spool_max_bytes
         self.stats = HttpStats()
-        self._dir = spool_dir / _safe(sink.name)
+        self.spool_name = spool_name or sink.name
+        self._dir = spool_dir / _safe(self.spool_name)
+        # the delivery this one replaces, still draining into the same spool
+        self._after = after
         self._records: list[CallRecord] = []
         self._lanes: dict[str, _Lane] = {}
         # lanes being made (their spool loading): a second caller waits for the first
@@ -220,6 +230,13 @@ class HttpDelivery:
     async def _lane(self, channel: str) -> _Lane:
         lane = self._lanes.get(channel)
         if lane is None:
+            if self._after is not None:
+                # not `await self._after`: cancelling this task must not cancel that one
+                await asyncio.wait([self._after])
+                self._after = None
+                lane = self._lanes.get(channel)  # made by another caller meanwhile
+                if lane is not None:
+                    return lane
             creating = self._creating
             if channel in creating:
                 return await asyncio.shield(creating[channel])
@@ -250,6 +267,9 @@ class HttpDelivery:
     async def load_spools(self) -> None:
         """Open the spools a previous run left (so their items are sent without waiting
         for a new record of that channel)."""
+        if self._after is not None:
+            await asyncio.wait([self._after])  # the spool may get its last items now
+            self._after = None
         if not self._dir.exists():
             return
         channels = await asyncio.to_thread(

@@ -42,8 +42,12 @@ from providers.options import Strict
 #: the one channel of this sink
 CHANNEL = "otlp"
 
-#: statuses after which OTLP/HTTP says to retry; every other 4xx and 5xx must not be
-RETRYABLE = frozenset({429, 502, 503, 504})
+#: statuses after which the batch is sent again. OTLP/HTTP names 429, 502, 503 and 504
+#: and says every other 4xx and 5xx must not be retried; we retry a 500 too, as every
+#: other sink of ours does: it is what a collector (or the proxy in front of one) says
+#: when it is in trouble, and dropping the spans on a passing fault loses calls for
+#: good, while retrying costs at worst a few requests (backoff, then the spool).
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
 
 #: longest span status message kept (an upstream's error may be a whole HTML page)
 MAX_STATUS_MESSAGE = 1024

@@ -390,14 +390,13 @@ def test_sink_down_then_back_on_its_port(start_gateway: Any, sinks: Sinks) -> No
 
 
 def test_sink_answering_500_then_200(start_gateway: Any, sinks: Sinks) -> None:
-    """Two 500s, then 200s. The collector gets 503s instead: the OTLP/HTTP spec retries
-    only 429, 502, 503 and 504 ("all other 4xx or 5xx response status codes MUST NOT be
-    retried"), and the opentelemetry sink follows it (exporters/otlp.py, RETRYABLE)."""
+    """Two 500s, then 200s, from every sink. (The OTLP/HTTP spec would not retry a
+    collector's 500; the opentelemetry sink does, exporters/otlp.py, RETRYABLE.)"""
     sinks.start()
     sinks.opik.fail(*[Reply.json({"code": 500, "message": "oops"}, 500)] * 2)
     sinks.langfuse.fail_next(500, times=2)
     sinks.otlp.fail(
-        *[Reply(503, {"content-type": "application/x-protobuf"}, status_body(14, "busy"))] * 2
+        *[Reply(500, {"content-type": "application/x-protobuf"}, status_body(13, "oops"))] * 2
     )
     sinks.http_log.fail(*[Reply.json({"error": "oops"}, 500)] * 2)
     gw = start_gateway(sinks_config(sinks), env=ENV)
@@ -623,6 +622,43 @@ def test_records_spooled_at_shutdown_are_sent_after_a_restart(
     # the spooled ones first, then the new ones; each once
     assert_once_in_order(sinks, before + after)
     assert spooled(second) == dict.fromkeys(at_exit, 0)
+
+
+def test_a_config_edit_takes_over_what_the_old_config_spooled(
+    start_gateway: Any, sinks: Sinks
+) -> None:
+    """Every sink configured with a wrong endpoint (nothing listens there): the records
+    go to the spools. The user fixes the endpoints in the config file; the reloaded
+    sinks send what the old ones spooled, then the new calls, each once, in order, and
+    no spool is left behind under the old config's name."""
+    wrong = Sinks()  # its ports: nothing will ever listen on them
+    config = sinks_config(sinks)
+    broken = config
+    for name in HTTP_SINKS:
+        broken = broken.replace(sinks.url(name), wrong.url(name))
+    gw = start_gateway(broken, env=ENV, quiet=False)
+    before = tags("before-edit", 4)
+    with gateway_client(gw) as client:
+        for t in before:
+            call(client, t)
+        wait_spooled(gw, {"opik": 2 * 5, "langfuse": 5, "otlp": 5, "http_log": 5})
+        sinks.start()
+        gw.write_config(config)
+        deadline = time.time() + 15
+        while "llmitm: reloaded" not in gw.log():
+            assert time.time() < deadline, gw.log()[-3000:]
+            time.sleep(0.05)
+        after = tags("after-edit", 3)
+        for t in after:
+            call(client, t)
+    sinks.wait_all(["warmup", *before, *after])
+    time.sleep(0.5)
+    assert_once_in_order(sinks, ["warmup", *before, *after])
+    assert spooled(gw) == dict.fromkeys(SPOOL_PREFIX.values(), 0), gw.log()[-3000:]
+    # one spool directory per sink: the edit did not start a second one
+    assert sorted(p.name for p in (gw.tmp / "spool").iterdir()) == sorted(
+        f"{plugin}_global" for plugin in SPOOL_PREFIX.values()
+    )
 
 
 def test_shutdown_flushes_what_is_still_queued(start_gateway: Any, sinks: Sinks) -> None:

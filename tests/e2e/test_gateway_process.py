@@ -80,6 +80,16 @@ services:
     assert "Traceback" not in log
 
 
+def test_an_option_given_twice_refuses_to_start(start_gateway, tmp_path) -> None:
+    """mitmproxy drops every option of a script when one is given twice; the gateway
+    would serve nothing, silently. It refuses to start and names the option."""
+    other = tmp_path / "other.yaml"
+    other.write_text("_format_version: '3.0'\n")
+    gw = start_gateway(quickstart(tmp_path), ready=False, extra=["--set", f"llmitm_config={other}"])
+    assert gw.wait_exit() == 1
+    assert "--set llmitm_config is given 2 times" in gw.log()
+
+
 def test_missing_secret_refuses_to_start(start_gateway) -> None:
     config = """
 services:

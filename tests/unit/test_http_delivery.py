@@ -321,3 +321,26 @@ async def test_the_spool_has_no_credentials(tmp_path: Path) -> None:
     await d.aclose(timeout=0.2)
     spooled = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     assert b'"r0"' in spooled and b"sink-secret" not in spooled
+
+
+async def test_a_successor_takes_over_the_spool_once_its_predecessor_closed(
+    server: Server, tmp_path: Path
+) -> None:
+    """A config reload: the old delivery (its sink down) is closing while the new one
+    (same spool name, a sink that is up) already gets records. The new one waits for
+    the old one's last spooled items, and sends them before its own."""
+    old = delivery(free_port(), tmp_path, spool_name="test@global", spool_after=1)
+    old.start()
+    for i in range(10):
+        old.submit(record(i))
+    await until(lambda: old.stats.spooled >= 5)
+    closing = asyncio.get_running_loop().create_task(old.aclose(timeout=0.3))
+    new = delivery(server.port, tmp_path, spool_name="test@global", after=closing)
+    new.start()
+    for i in range(10, 15):
+        new.submit(record(i))
+    await until(lambda: len(server.ids()) == 15)
+    assert closing.done()
+    assert server.ids() == EXPECTED[:15]
+    await new.aclose()
+    assert new.depth == 0

@@ -886,8 +886,10 @@ ITEMS = [Item("otlp", {"n": i}) for i in range(3)]
             Verdict(retry=ITEMS, retry_after=1.5, reason="HTTP 503"),
         ),
         (504, {}, b"", Verdict(retry=ITEMS, reason="HTTP 504")),
-        # OTLP/HTTP: every other 4xx and 5xx must not be retried
-        (500, {}, status_body(13, "internal"), Verdict(dropped=ITEMS, reason="HTTP 500: internal")),
+        # OTLP/HTTP does not retry a 500; we do (exporters/otlp.py, RETRYABLE)
+        (500, {}, status_body(13, "internal"), Verdict(retry=ITEMS, reason="HTTP 500: internal")),
+        # every other 4xx and 5xx would fail again
+        (501, {}, b"", Verdict(dropped=ITEMS, reason="HTTP 501")),
         (413, {}, b"", Verdict(dropped=ITEMS, reason="HTTP 413")),
     ],
 )
