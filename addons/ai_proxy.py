@@ -64,7 +64,7 @@ class AIProxy:
         call = self.gw.calls.get(flow)
         if call is None or call.route is None or flow.response is not None:
             return call, None
-        return call, call.route.plugin("ai-proxy")
+        return call, call.plugin("ai-proxy")
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         call, conf = self._route_conf(flow)
@@ -121,7 +121,11 @@ class AIProxy:
         model_cfg = self._model(conf, flow, call)
 
         native = conf.llm_format != "openai"
-        if route_type is RouteType.PRESERVE:
+        if call.body is not None:  # parsed (perhaps rewritten) by a policy before us
+            body = call.body
+            if not native and route_type is not RouteType.PRESERVE:
+                llm_request.validate(route_type, body)
+        elif route_type is RouteType.PRESERVE:
             try:
                 body = llm_request.parse_json(raw)
             except ProviderError:
@@ -147,6 +151,7 @@ class AIProxy:
             llm_format=conf.llm_format,
         )
         call.spec = spec
+        call.body = body
         call.context = with_body_context(call.context, body)
         call.log_payloads = conf.logging.log_payloads
         call.log_statistics = conf.logging.log_statistics

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 from providers.base import ProviderError, Usage
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mitmproxy import http
 
-    from addons.config.model import GatewayConfig, Route
+    from addons.config.model import Consumer, Credential, GatewayConfig, Plugin, Route
     from addons.routing import Match
     from providers.base import CallSpec, Provider, StreamTranslator
 
@@ -39,6 +41,17 @@ class Call:
     match: Match | None
     started_at: float  # epoch seconds, when the request began
     client_ip: str = ""
+    # policies: who the client is (key-auth), and the plugins that run for it
+    consumer: Consumer | None = None
+    credential: Credential | None = None
+    plugins: dict[str, Plugin] = field(default_factory=dict)
+    # the request body parsed once (by the first plugin that needs it); a policy that
+    # rewrites it sets it here and in the flow (addons/policies/base.py)
+    body: Any = None
+    # run with the finished record (a token limit settles its reservation): (call, record)
+    on_finish: list[Callable[[Call, Any], None]] = field(default_factory=list)
+    # applied in order to what a stream sends the client: (chunks, last) -> chunks
+    stream_filters: list[Callable[[list[bytes], bool], list[bytes]]] = field(default_factory=list)
     # ai-proxy
     provider: Provider | None = None
     spec: CallSpec | None = None
@@ -71,6 +84,17 @@ class Call:
     relay_token: str | None = None
     # the client's request (url, headers, body) while the flow points at the relay
     client_request: tuple[str, Any, bytes | None] | None = None
+
+    def plugin(self, name: str) -> Any | None:
+        """The config of plugin `name` for this call (route, service, global and, once
+        key-auth has run, consumer plugins), if it runs."""
+        p = self.plugins.get(name)
+        return p.config if p else None
+
+    def set_consumer(self, consumer: Consumer | None, credential: Credential | None) -> None:
+        """Who the client is: from now on the consumer's plugins apply too."""
+        self.consumer, self.credential = consumer, credential
+        self.plugins = self.config.plugins_for(self.route, consumer)
 
     def fail(self, err: ProviderError, source: str) -> None:
         if self.error is None:

@@ -7,6 +7,9 @@ The chain, in the order mitmproxy calls it for each flow:
 
     ConfigWatch   loads llmitm_config and reloads it on change
     Router        matches the route (Kong semantics); 404 when none in reverse mode
+    policies      addons/policies/, in Kong's plugin order: cors, key-auth,
+                  ip-restriction, request-size-limiting, rate-limiting,
+                  ai-rate-limiting-advanced, the prompt plugins, ...
     AIProxy       ai-proxy routes: translate, call the provider, stream back
     ServiceProxy  other routes: proxy to the service url
     Observe       calls to known LLM API hosts that no route handles (forward mode):
@@ -29,6 +32,7 @@ try:
 except ImportError:  # run from a checkout without installing: use the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from addons import policies
 from addons.ai_proxy import AIProxy
 from addons.config_watch import ConfigWatch
 from addons.contentview import ContentviewAddon
@@ -43,6 +47,7 @@ def chain(gateway: Gateway) -> list[object]:
     return [
         ConfigWatch(gateway),
         Router(gateway),
+        *policies.addons(gateway),
         AIProxy(gateway),
         ServiceProxy(gateway),
         Observe(gateway),

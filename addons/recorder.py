@@ -292,6 +292,7 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
         ai=ai,
         context=call.context,
         error=error,
+        consumer=call.consumer.name if call.consumer is not None else None,
     )
 
 
@@ -329,6 +330,11 @@ class Recorder:
         except Exception:
             log.exception("llmitm: could not build the call record")
             return
+        for finish in call.on_finish:  # e.g. a token limit settling its reservation
+            try:
+                finish(call, record)
+            except Exception:
+                log.exception("llmitm: a policy failed on the finished call")
         self.gw.exporters.export(record, call.route, call.config)
         route = call.route
         self.gw.metrics.observe(record, route.plugin("prometheus") if route is not None else None)

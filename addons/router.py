@@ -38,6 +38,7 @@ class Router:
             started_at=req.timestamp_start or now(),
             client_ip=peer[0] if peer else "",
             context=context_from_headers(req.headers),
+            plugins=match.route.plugins if match else config.global_plugins,
         )
         if match is None:
             flow.response = error_response(

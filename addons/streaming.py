@@ -44,6 +44,8 @@ class StreamOwner:
                     call.fail(self.translator.error, "upstream")
                 if self.passthrough:
                     out = []
+            for keep in call.stream_filters:  # policies rewriting what the client gets
+                out = keep(out, not data)
             for chunk in out:
                 call.bytes_out += len(chunk)
             return out

@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from addons.config.model import GatewayConfig, Plugin, Route, Service
+from addons.config.model import Consumer, Credential, GatewayConfig, Plugin, Route, Service
+from addons.config.plugins import CONSUMER_PLUGINS
 from addons.config.schema import ConfigFile, RouteFile, ServiceFile
 from addons.routing import RouteTable
 
@@ -283,6 +284,7 @@ class _Compiler:
         self.doc = doc
         self.lines = lines
         self.problems: list[str] = []
+        self.services: dict[str, Any] = {}
 
     def problem(self, path: tuple[Any, ...], msg: str) -> None:
         line = _line(self.lines, path)
@@ -292,13 +294,84 @@ class _Compiler:
     def plugins(self, entries: list[Any], path: tuple[Any, ...], scope: str) -> dict[str, Plugin]:
         out: dict[str, Plugin] = {}
         for i, entry in enumerate(entries):
-            if scope != "global" and (entry.route or entry.service):
-                self.problem(path + (i,), "only top-level plugins name a route or service")
+            if scope != "global" and (entry.route or entry.service or entry.consumer):
+                self.problem(
+                    path + (i,), "only top-level plugins name a route, service or consumer"
+                )
+            if scope.startswith("consumer:"):
+                self.consumer_scoped(entry, path + (i,))
             if entry.name in out:
                 self.problem(path + (i,), f"plugin {entry.name!r} is configured twice here")
             if entry.enabled:
                 out[entry.name] = Plugin(entry.name, entry.config, scope)
         return out
+
+    def consumer_scoped(self, entry: Any, path: tuple[Any, ...]) -> None:
+        if entry.name not in CONSUMER_PLUGINS:
+            allowed = ", ".join(sorted(CONSUMER_PLUGINS))
+            self.problem(
+                path + ("name",),
+                f"plugin {entry.name!r} cannot be configured for a consumer (these can: {allowed})",
+            )
+
+    def consumers(
+        self, routes: list[Route], services: dict[str, Any]
+    ) -> tuple[list[Consumer], dict[str, Credential]]:
+        """The consumers, their plugins (nested, and top-level ones naming them) and
+        the key-auth keys."""
+        out: list[Consumer] = []
+        by_name: dict[str, Consumer] = {}
+        credentials: dict[str, Credential] = {}
+        for ci, c in enumerate(self.doc.consumers):
+            path = ("consumers", ci)
+            consumer = Consumer(username=c.username, custom_id=c.custom_id, id=c.id, tags=c.tags)
+            for field_name in ("username", "custom_id"):
+                value = getattr(c, field_name)
+                if value is None:
+                    continue
+                if value in by_name:
+                    self.problem(path + (field_name,), f"consumer {value!r} is configured twice")
+                by_name[value] = consumer
+            consumer.plugins = self.plugins(
+                c.plugins, path + ("plugins",), f"consumer:{consumer.name}"
+            )
+            for ki, cred in enumerate(c.keyauth_credentials):
+                if cred.key in credentials:
+                    self.problem(
+                        path + ("keyauth_credentials", ki, "key"),
+                        "this key is already another credential's (keys must be unique)",
+                    )
+                    continue
+                credentials[cred.key] = Credential(cred.key, consumer, cred.id)
+            out.append(consumer)
+        route_names = {r.name for r in routes}
+        for pi, entry in enumerate(self.doc.plugins):
+            if not entry.consumer:
+                continue
+            path = ("plugins", pi)
+            consumer = by_name.get(entry.consumer)
+            if consumer is None:
+                self.problem(path + ("consumer",), f"no consumer named {entry.consumer!r}")
+                continue
+            self.consumer_scoped(entry, path)
+            if entry.route:
+                if entry.route not in route_names:
+                    self.problem(path + ("route",), f"no route named {entry.route!r}")
+                target = consumer.route_plugins.setdefault(entry.route, {})
+                scope = f"consumer:{consumer.name}+route:{entry.route}"
+            elif entry.service:
+                if entry.service not in services:
+                    self.problem(path + ("service",), f"no service named {entry.service!r}")
+                target = consumer.service_plugins.setdefault(entry.service, {})
+                scope = f"consumer:{consumer.name}+service:{entry.service}"
+            else:
+                target = consumer.plugins
+                scope = f"consumer:{consumer.name}"
+            if entry.name in target:
+                self.problem(path, f"plugin {entry.name!r} is configured twice for {scope}")
+            if entry.enabled:
+                target[entry.name] = Plugin(entry.name, entry.config, scope)
+        return out, credentials
 
     def compile(self) -> tuple[list[Route], dict[str, Plugin]]:
         doc = self.doc
@@ -329,6 +402,8 @@ class _Compiler:
         attached: dict[str, dict[str, Plugin]] = {}  # "service:x"/"route:y" -> plugins
         for pi, entry in enumerate(doc.plugins):
             path = ("plugins", pi)
+            if entry.consumer:
+                continue  # see consumers()
             if entry.route and entry.service:
                 self.problem(path, "a plugin attaches to a route or a service, not both")
             scope = (
@@ -384,6 +459,7 @@ class _Compiler:
                     path, "this route has no ai-proxy plugin and no service url to proxy to"
                 )
             routes.append(route)
+        self.services = services
         for scope in attached:
             kind, _, target_name = scope.partition(":")
             if kind == "route" and target_name not in names:
@@ -420,6 +496,7 @@ def load_text(text: str, source: str = "<config>") -> GatewayConfig:
         raise ConfigError(source, problems) from None
     compiler = _Compiler(source, doc, lines)
     routes, global_plugins = compiler.compile()
+    consumers, credentials = compiler.consumers(routes, compiler.services)
     if compiler.problems:
         raise ConfigError(source, [_redact(p, secrets) for p in compiler.problems])
     return GatewayConfig(
@@ -427,7 +504,10 @@ def load_text(text: str, source: str = "<config>") -> GatewayConfig:
         routes=routes,
         global_plugins=global_plugins,
         table=RouteTable(routes),
-        secrets=frozenset(secrets),
+        # consumers' keys are secrets too: redacted wherever they show up
+        secrets=frozenset(secrets | set(credentials)),
+        consumers=consumers,
+        credentials=credentials,
     )
 
 

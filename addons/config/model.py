@@ -17,7 +17,9 @@ class Plugin:
 
     name: str
     config: Any  # the validated config model of this plugin
-    scope: str  # "global", "service:<name>" or "route:<name>"
+    # "global", "service:<name>", "route:<name>", "consumer:<name>",
+    # "consumer:<name>+service:<name>" or "consumer:<name>+route:<name>"
+    scope: str
     # Identity across reloads: same plugin, scope and config means the same instance
     # (an exporter keeps its queue when an unrelated part of the file changes).
     key: str = field(init=False)
@@ -61,6 +63,37 @@ class Route:
         return p.config if p else None
 
 
+@dataclass(eq=False, slots=True)
+class Consumer:
+    """A consumer of the config (Kong's), with the plugins configured for it.
+
+    `plugins` apply to every route; `service_plugins` and `route_plugins` (by service
+    or route name) only there. Kong's precedence, most specific first: consumer and
+    route, consumer and service, consumer, route, service, global."""
+
+    username: str | None
+    custom_id: str | None
+    id: str | None = None
+    tags: list[str] = field(default_factory=list)
+    plugins: dict[str, Plugin] = field(default_factory=dict, repr=False)
+    service_plugins: dict[str, dict[str, Plugin]] = field(default_factory=dict, repr=False)
+    route_plugins: dict[str, dict[str, Plugin]] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        """What records and metrics call it: the username, else the custom_id."""
+        return self.username or self.custom_id or ""
+
+
+@dataclass(eq=False, slots=True)
+class Credential:
+    """A key-auth key and whose it is (the key itself is a secret: never log it)."""
+
+    key: str = field(repr=False)
+    consumer: Consumer
+    id: str | None = None
+
+
 @dataclass(eq=False)
 class GatewayConfig:
     source: str
@@ -69,6 +102,34 @@ class GatewayConfig:
     table: Any  # addons.routing.RouteTable over `routes`
     # Values resolved from {vault://...} references: never logged or recorded.
     secrets: frozenset[str] = frozenset()
+    consumers: list[Consumer] = field(default_factory=list)
+    # key-auth keys -> credential
+    credentials: dict[str, Credential] = field(default_factory=dict, repr=False)
+    _effective: dict[tuple[int, int], dict[str, Plugin]] = field(default_factory=dict, repr=False)
+
+    def consumer(self, name: str) -> Consumer | None:
+        """A consumer by username or custom_id (Kong's `anonymous` takes either)."""
+        for c in self.consumers:
+            if name in (c.username, c.custom_id, c.id):
+                return c
+        return None
+
+    def plugins_for(self, route: Route | None, consumer: Consumer | None) -> dict[str, Plugin]:
+        """The plugins that run for a request on `route` by `consumer`."""
+        base = route.plugins if route is not None else self.global_plugins
+        if consumer is None:
+            return base
+        cache_key = (id(route), id(consumer))
+        found = self._effective.get(cache_key)
+        if found is None:
+            found = dict(base)
+            found.update(consumer.plugins)
+            if route is not None:
+                if route.service is not None:
+                    found.update(consumer.service_plugins.get(route.service.name, {}))
+                found.update(consumer.route_plugins.get(route.name, {}))
+            self._effective[cache_key] = found
+        return found
 
     def all_plugins(self) -> list[Plugin]:
         """Every distinct plugin instance, once."""
@@ -78,4 +139,8 @@ class GatewayConfig:
         for r in self.routes:
             for p in r.plugins.values():
                 seen[id(p)] = p
+        for c in self.consumers:
+            for group in (c.plugins, *c.service_plugins.values(), *c.route_plugins.values()):
+                for p in group.values():
+                    seen[id(p)] = p
         return list(seen.values())

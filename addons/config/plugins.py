@@ -6,78 +6,16 @@ unknown plugin name or config field is a load error that names it.
 
 from __future__ import annotations
 
-from typing import Literal
+from pydantic import Field
 
-from pydantic import Field, field_validator, model_validator
-
-import providers
+from addons import policies
+from addons.ai_proxy_config import AIProxyConfig, LoggingConfig
 from exporters.http_log import HttpLogConfig
 from exporters.langfuse import AiTracingConfig
 from exporters.metrics import PrometheusConfig
 from exporters.opik import OpikLogConfig
 from exporters.otlp import OpenTelemetryConfig
-from providers.base import RouteType
-from providers.options import AuthConfig, ModelConfig, Strict
-
-
-class LoggingConfig(Strict):
-    log_statistics: bool = Field(
-        True,
-        description="Put token usage, cost and timings in the call record. Kong's default is "
-        "false; llmitm's is true, since usage is what the exporters are for.",
-    )
-    log_payloads: bool = Field(
-        False, description="Put the request and response bodies in the call record."
-    )
-
-
-class AIProxyConfig(Strict):
-    """Kong's ai-proxy: translate OpenAI-format requests for the configured provider."""
-
-    route_type: RouteType
-    auth: AuthConfig = Field(default_factory=AuthConfig)
-    model: ModelConfig
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    response_streaming: Literal["allow", "deny", "always"] = "allow"
-    max_request_body_size: int = Field(
-        10 * 1024 * 1024,
-        gt=0,
-        description="Largest request body (bytes) the gateway reads; larger ones get 413. "
-        "Kong's default is 8 KiB, too small for chats with history or images.",
-    )
-    model_name_header: bool = Field(True, description="Send X-LLM-Model: provider/model.")
-    llm_format: Literal["openai", "anthropic", "gemini", "bedrock", "cohere", "huggingface"] = (
-        Field(
-            "openai",
-            description="The format clients speak: openai (translated to the provider), or "
-            "the provider's own (passed through unchanged, usage and payloads still recorded).",
-        )
-    )
-
-    @field_validator("model")
-    @classmethod
-    def _known_provider(cls, model: ModelConfig) -> ModelConfig:
-        if model.provider not in providers.registry():
-            known = ", ".join(providers.registry())
-            raise ValueError(f"unknown provider {model.provider!r} (expected one of: {known})")
-        return model
-
-    @model_validator(mode="after")
-    def _provider_accepts(self) -> AIProxyConfig:
-        provider = providers.get(self.model.provider)
-        errors = provider.config_errors(self.model, self.route_type, self.auth)
-        if self.llm_format != "openai":
-            if provider.native_format != self.llm_format:
-                errors.append(
-                    f"llm_format {self.llm_format!r} needs provider {self.llm_format!r}, "
-                    f"not {provider.name!r}"
-                    + ("" if provider.native_format else " (it only takes llm_format 'openai')")
-                )
-            if self.route_type is RouteType.PRESERVE:
-                errors.append("llm_format applies to llm/v1/* route types, not 'preserve'")
-        if errors:
-            raise ValueError("; ".join(errors))
-        return self
+from providers.options import Strict
 
 
 class FileLogConfig(Strict):
@@ -100,6 +38,15 @@ PLUGIN_CONFIGS: dict[str, type[Strict]] = {
     # what the metrics count (the status listener serves them, see llmitm_status_listen)
     "prometheus": PrometheusConfig,
 }
+
+# the policies (addons/policies/): each module brings its plugin's config model
+for _module in policies.modules():
+    PLUGIN_CONFIGS[_module.NAME] = _module.Config
+
+#: plugins that can be configured for a consumer (and then win over the route's)
+CONSUMER_PLUGINS = frozenset(m.NAME for m in policies.modules() if m.CONSUMER_SCOPE)
+
+__all__ = ["AIProxyConfig", "LoggingConfig"]
 
 #: plugins that receive finished call records
 LOG_PLUGINS = frozenset({"file-log", "opik-log", "ai-tracing", "opentelemetry", "http-log"})

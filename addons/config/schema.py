@@ -29,6 +29,9 @@ class PluginCommon(Strict):
     # Only for top-level plugins: the scope they attach to (by name).
     service: str | None = None
     route: str | None = None
+    # Only for top-level plugins: the consumer they apply to (username or custom_id),
+    # alone or with a route or service (Kong's consumer scopes).
+    consumer: str | None = None
 
 
 def _plugin_entry(name: str, config: type[Strict]) -> type[PluginCommon]:
@@ -113,6 +116,32 @@ class ServiceFile(Strict):
         return url
 
 
+class KeyAuthCredential(Strict):
+    """A key-auth credential of a consumer (Kong's `keyauth_credentials`)."""
+
+    key: str = Field(min_length=1, description="The key (use a {vault://env/NAME} reference).")
+    id: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    ttl: int | None = Field(None, ge=0, description="Accepted for Kong files; not enforced.")
+
+
+class ConsumerFile(Strict):
+    """A consumer: who a client is, once key-auth has recognised its key."""
+
+    username: str | None = None
+    custom_id: str | None = None
+    id: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    keyauth_credentials: list[KeyAuthCredential] = Field(default_factory=list)
+    plugins: list[PluginEntry] = Field(default_factory=list)  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _named(self) -> ConsumerFile:
+        if not (self.username or self.custom_id):
+            raise ValueError("a consumer needs a username or a custom_id")
+        return self
+
+
 class ConfigFile(Strict):
     """An llmitm config file (Kong declarative format subset)."""
 
@@ -121,6 +150,7 @@ class ConfigFile(Strict):
     services: list[ServiceFile] = Field(default_factory=list)
     routes: list[RouteFile] = Field(default_factory=list)
     plugins: list[PluginEntry] = Field(default_factory=list)  # type: ignore[valid-type]
+    consumers: list[ConsumerFile] = Field(default_factory=list)
 
     model_config = Strict.model_config | {"populate_by_name": True}
 

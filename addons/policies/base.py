@@ -1,0 +1,75 @@
+"""What every policy addon needs: its config for a flow, refusing a request in OpenAI's
+error shape, and the request body parsed once for all of them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from mitmproxy import http
+
+from addons import llm_request
+from addons.errors import from_provider_error
+from providers.base import ProviderError, error_type_for
+
+if TYPE_CHECKING:
+    from addons.calls import Call
+    from addons.state import Gateway
+
+
+class PolicyAddon:
+    """Base of a policy addon: `active(flow)` gives the call and this plugin's config
+    when the plugin runs for the flow and nothing has answered it yet."""
+
+    #: the plugin's name in the config (the module's NAME)
+    plugin: str = ""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    def active(self, flow: http.HTTPFlow) -> tuple[Call, Any] | tuple[None, None]:
+        call = self.gw.calls.get(flow)
+        if call is None or flow.response is not None:
+            return None, None
+        conf = call.plugin(self.plugin)
+        if conf is None:
+            return None, None
+        return call, conf
+
+
+def deny(
+    flow: http.HTTPFlow,
+    call: Call,
+    status: int,
+    message: str,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+    type: str | None = None,
+    param: str | None = None,
+) -> None:
+    """Answer the request with an error of the gateway's (OpenAI's error shape); the
+    call's record says the gateway refused it."""
+    err = ProviderError(status, message, type or error_type_for(status), code, param, headers)
+    call.fail(err, "gateway")
+    flow.response = from_provider_error(err)
+
+
+def json_body(flow: http.HTTPFlow, call: Call) -> dict[str, Any]:
+    """The request body as a JSON object, parsed once per call (raises a 400
+    ProviderError when it is not one)."""
+    if call.body is None:
+        try:
+            raw = flow.request.content or b""
+        except ValueError:
+            raise llm_request.bad_request(
+                "cannot decode the request body's content-encoding"
+            ) from None
+        call.body = llm_request.parse_json(raw)
+    return call.body
+
+
+def set_json_body(flow: http.HTTPFlow, call: Call, body: dict[str, Any]) -> None:
+    """Replace the request body (a prompt plugin's rewrite): the flow carries the new
+    bytes, and the plugins after this one (ai-proxy too) read the new object."""
+    call.body = body
+    flow.request.content = orjson.dumps(body)
