@@ -325,11 +325,11 @@ class _Compiler:
         for ci, c in enumerate(self.doc.consumers):
             path = ("consumers", ci)
             consumer = Consumer(username=c.username, custom_id=c.custom_id, id=c.id, tags=c.tags)
-            for field_name in ("username", "custom_id"):
+            for field_name in ("username", "custom_id", "id"):
                 value = getattr(c, field_name)
                 if value is None:
                     continue
-                if value in by_name:
+                if by_name.get(value, consumer) is not consumer:
                     self.problem(path + (field_name,), f"consumer {value!r} is configured twice")
                 by_name[value] = consumer
             consumer.plugins = self.plugins(
@@ -372,6 +372,31 @@ class _Compiler:
             if entry.enabled:
                 target[entry.name] = Plugin(entry.name, entry.config, scope)
         return out, credentials
+
+    def check_anonymous(self, consumers: list[Consumer]) -> None:
+        """An auth plugin's `anonymous` must name a configured consumer (Kong finds out
+        at request time, with a 500)."""
+        names = {n for c in consumers for n in (c.username, c.custom_id, c.id) if n}
+        doc = self.doc
+        entries: list[tuple[tuple[Any, ...], Any]] = [
+            (("plugins", i), e) for i, e in enumerate(doc.plugins)
+        ]
+        for si, svc in enumerate(doc.services):
+            entries += [(("services", si, "plugins", i), e) for i, e in enumerate(svc.plugins)]
+            for ri, r in enumerate(svc.routes):
+                base = ("services", si, "routes", ri, "plugins")
+                entries += [(base + (i,), e) for i, e in enumerate(r.plugins)]
+        for ri, r in enumerate(doc.routes):
+            entries += [(("routes", ri, "plugins", i), e) for i, e in enumerate(r.plugins)]
+        for ci, c in enumerate(doc.consumers):
+            entries += [(("consumers", ci, "plugins", i), e) for i, e in enumerate(c.plugins)]
+        for path, entry in entries:
+            anonymous = getattr(entry.config, "anonymous", None)
+            if isinstance(anonymous, str) and anonymous and anonymous not in names:
+                self.problem(
+                    path + ("config", "anonymous"),
+                    f"anonymous consumer {anonymous!r} is not configured",
+                )
 
     def compile(self) -> tuple[list[Route], dict[str, Plugin]]:
         doc = self.doc
@@ -497,6 +522,7 @@ def load_text(text: str, source: str = "<config>") -> GatewayConfig:
     compiler = _Compiler(source, doc, lines)
     routes, global_plugins = compiler.compile()
     consumers, credentials = compiler.consumers(routes, compiler.services)
+    compiler.check_anonymous(consumers)
     if compiler.problems:
         raise ConfigError(source, [_redact(p, secrets) for p in compiler.problems])
     return GatewayConfig(

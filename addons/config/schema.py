@@ -12,7 +12,14 @@ import operator
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, create_model, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from addons.config.plugins import PLUGIN_CONFIGS
 from addons.routing import path_regex
@@ -35,11 +42,18 @@ class PluginCommon(Strict):
 
 
 def _plugin_entry(name: str, config: type[Strict]) -> type[PluginCommon]:
+    # As in Kong, `config` may be left out when every field has a default
+    # (`- name: key-auth`); it is required when some field is.
+    try:
+        config()
+        default: Any = Field(default_factory=config)
+    except ValidationError:  # a required field, or a check the defaults do not pass
+        default = ...
     return create_model(
         f"Plugin_{name.replace('-', '_')}",
         __base__=PluginCommon,
         name=(Literal[name], ...),  # type: ignore[valid-type]
-        config=(config, ...),
+        config=(config, default),
     )
 
 
