@@ -37,6 +37,7 @@ from addons.ai_proxy import AIProxy
 from addons.config_watch import ConfigWatch
 from addons.contentview import ContentviewAddon
 from addons.observe import Observe
+from addons.policies._counters import close_all as close_counters
 from addons.recorder import Recorder
 from addons.router import Router, ServiceProxy
 from addons.state import Gateway
@@ -76,6 +77,7 @@ class Lifecycle:
             await self.gw.metrics.stop()
             await self.gw.exporters.aclose()
             await self.gw.upstream.stop()
+            await close_counters(self.gw)
             self.gw.credentials.close()
 
         try:

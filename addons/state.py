@@ -3,6 +3,8 @@ and the exporters. `addons/gateway.py` creates one and hands it to every addon."
 
 from __future__ import annotations
 
+from typing import Any
+
 from addons.calls import Calls
 from addons.config.model import GatewayConfig
 from addons.credentials import Credentials
@@ -19,6 +21,8 @@ class Gateway:
         self.credentials = Credentials()
         self.exporters = Exporters()
         self.metrics = Metrics(stats_source=self.exporters.stats)
+        # the limit plugins' counters, by store (addons/policies/_counters.py counters())
+        self.counters: dict[Any, Any] = {}
 
     def apply(self, config: GatewayConfig) -> None:
         """Swap in a new config; calls in flight keep the one they started with."""

@@ -313,6 +313,13 @@ class Metrics:
             buckets=OTEL_SECONDS_BUCKETS,
             registry=r,
         )
+        self.store_unavailable = Counter(
+            "llmitm_policy_store_unavailable_total",
+            "Requests a limit plugin could not count (its Redis unreachable), by what "
+            "happened to them: allowed (fault_tolerant) or refused",
+            ["plugin", "outcome"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "llmitm_http_requests_total",
             "Requests through the gateway per route, HTTP code and call status",

@@ -161,6 +161,104 @@ class Gateway:
         self._log.close()
 
 
+class RedisServer:
+    """A real `redis-server` on 127.0.0.1 in a temporary directory (no persistence).
+    `kill()` stops it hard (SIGKILL: Redis "dies" mid-test), `restart()` starts it again
+    on the same port, empty."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, tmp: Path, port: int | None = None) -> None:
+        self.tmp = tmp
+        self.port = port or free_port()
+        self.log_path = tmp / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("redis-server")
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        exe = self.binary()
+        assert exe, "redis-server is not on PATH"
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                self.host,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.tmp),
+                "--logfile",
+                str(self.log_path),
+            ],
+            cwd=self.tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + timeout
+        while not self.ping():
+            if self.proc.poll() is not None or time.time() > deadline:
+                log = self.log_path.read_text() if self.log_path.exists() else ""
+                self.stop()
+                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
+            time.sleep(0.02)
+        return self
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def kill(self) -> None:
+        """SIGKILL: the server is gone at once, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> RedisServer:
+        self.kill()
+        return self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A fresh, empty redis-server for this test (stopped at its end)."""
+    if RedisServer.binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    tmp = tmp_path_factory.mktemp("redis")
+    for attempt in range(3):  # a free port can be taken between looking and binding
+        try:
+            server = RedisServer(tmp).start()
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[FakeUpstream]:
     up = FakeUpstream().start()
