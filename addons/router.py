@@ -28,6 +28,8 @@ class Router:
         req = flow.request
         host = req.host_header or req.pretty_host
         match = config.table.match(req.method, host, req.path, req.headers)
+        if match is None and req.method == "OPTIONS":
+            match = _preflight_match(config, req, host)
         if match is None and not isinstance(flow.client_conn.proxy_mode, ReverseMode):
             return  # forward mode: not ours to route
         peer = flow.client_conn.peername
@@ -46,6 +48,19 @@ class Router:
             )
         self.gw.calls.put(flow, call)
         flow.metadata["llmitm.route"] = match.route.name if match else None
+
+
+def _preflight_match(config: Any, req: http.Request, host: str) -> Any:
+    """A CORS preflight to a route whose `methods` leave out OPTIONS: the route of the
+    request the browser asks about (Access-Control-Request-Method), if cors runs there.
+    Kong answers these with a 404; the browser then refuses the actual request."""
+    wanted = req.headers.get("access-control-request-method", "").strip().upper()
+    if not wanted or not req.headers.get("origin"):
+        return None
+    match = config.table.match(wanted, host, req.path, req.headers)
+    if match is None or "cors" not in match.route.plugins:
+        return None
+    return match
 
 
 class ServiceProxy:
