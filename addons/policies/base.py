@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from mitmproxy import http
 
 from addons import llm_request
-from addons.errors import from_provider_error
 from providers.base import ProviderError, error_type_for
 
 if TYPE_CHECKING:
+    from mitmproxy import http
+
     from addons.calls import Call
     from addons.state import Gateway
 
@@ -50,6 +50,13 @@ def deny(
     """Answer the request with an error of the gateway's (OpenAI's error shape); the
     call's record says the gateway refused it."""
     err = ProviderError(status, message, type or error_type_for(status), code, param, headers)
+    reply_error(flow, call, err)
+
+
+def reply_error(flow: http.HTTPFlow, call: Call, err: ProviderError) -> None:
+    """Answer the request with `err` (OpenAI's error shape), a refusal of the gateway's."""
+    from addons.errors import from_provider_error  # mitmproxy: not at import time
+
     call.fail(err, "gateway")
     flow.response = from_provider_error(err)
 
@@ -73,3 +80,27 @@ def set_json_body(flow: http.HTTPFlow, call: Call, body: dict[str, Any]) -> None
     bytes, and the plugins after this one (ai-proxy too) read the new object."""
     call.body = body
     flow.request.content = orjson.dumps(body)
+
+
+def body_size(flow: http.HTTPFlow) -> int:
+    """The size of the request body as it is now (decoded when it is compressed)."""
+    try:
+        return len(flow.request.content or b"")
+    except ValueError:  # a bad content-encoding: json_body says so
+        return len(flow.request.raw_content or b"")
+
+
+def read_body(flow: http.HTTPFlow, call: Call, limit: int, plugin: str) -> dict[str, Any]:
+    """The request body as a JSON object, if it is at most `limit` bytes (a prompt
+    plugin's `max_request_body_size`, measured on the body as this plugin gets it, after
+    the rewrites of the plugins before it); raises a ProviderError (413, 400) otherwise."""
+    size = body_size(flow)
+    if size > limit:
+        raise ProviderError(
+            413,
+            f"request body of {size} bytes exceeds {plugin}'s max_request_body_size "
+            f"({limit} bytes)",
+            "invalid_request_error",
+            "request_too_large",
+        )
+    return json_body(flow, call)
