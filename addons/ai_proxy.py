@@ -251,16 +251,13 @@ class AIProxy:
             up.url = _without_params(up.url, set(provider.auth_params) - {keep})
         if auth.param_name and auth.param_value:
             if auth.param_location == "query":
-                parts = urlsplit(up.url)
-                query = dict(parse_qsl(parts.query, keep_blank_values=True))
                 client_query = dict(parse_qsl(flow.request.path.partition("?")[2]))
-                if not (auth.allow_override and auth.param_name in client_query):
-                    query[auth.param_name] = auth.param_value
-                else:
-                    query[auth.param_name] = client_query[auth.param_name]
-                up.url = urlunsplit(parts._replace(query=urlencode(query)))
+                value = auth.param_value
+                if auth.allow_override and auth.param_name in client_query:
+                    value = client_query[auth.param_name]
+                up.url = llm_request.set_query_param(up.url, auth.param_name, value)
             elif auth.param_location == "body":
-                up.body = _set_body_param(
+                up.body = llm_request.set_body_param(
                     up.body, auth.param_name, auth.param_value, auth.allow_override
                 )
 
@@ -423,16 +420,3 @@ def _finish_reason(data: dict[str, Any]) -> str | None:
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         return choices[0].get("finish_reason")
     return None
-
-
-def _set_body_param(body: bytes, name: str, value: str, allow_override: bool) -> bytes:
-    import json
-
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body
-    if isinstance(data, dict) and (name not in data or not allow_override):
-        data[name] = value
-        return json.dumps(data).encode()
-    return body

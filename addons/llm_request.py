@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
@@ -165,3 +166,24 @@ def strip_gateway_fields(body: dict[str, Any]) -> dict[str, Any]:
     out = dict(body)
     del out["metadata"]
     return out
+
+
+def set_query_param(url: str, name: str, value: str) -> str:
+    """`url` with query parameter `name` set to `value` (a provider key by `param_name`)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query[name] = value
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def set_body_param(body: bytes, name: str, value: str, keep_existing: bool = False) -> bytes:
+    """A JSON body with field `name` set to `value` (a provider key in the body); kept
+    as it is when it is not a JSON object, or has the field and `keep_existing`."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(data, dict) and (name not in data or not keep_existing):
+        data[name] = value
+        return json.dumps(data).encode()
+    return body

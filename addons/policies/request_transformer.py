@@ -1,0 +1,139 @@
+"""Kong's ai-request-transformer: an LLM rewrites the client's request body.
+
+In the `request` hook, before the prompt plugins and ai-proxy (priority 777): the
+client's body (as text) is sent to the plugin's own LLM (`llm`, an ai-proxy block) as
+the user message, with `prompt` as the system message. The answer, or the match of
+`transformation_extract_pattern` in it, becomes the body the rest of the chain sees:
+
+- on an ai-proxy route it must be a JSON object (for `preserve` routes, anything): it
+  replaces the parsed body that the prompt plugins and ai-proxy read. An answer fenced
+  in a Markdown code block is read inside the fence;
+- on a plain service route the answer's bytes are sent to the service as they are.
+
+Failures answer the client in OpenAI's error shape: 400 when the answer does not match
+the pattern or is not the JSON an ai-proxy route needs, 413 when the body is larger
+than `max_request_body_size`, 502/504 when the LLM fails or cannot be reached.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from addons.policies._llm_call import TransformerConfig, ask, json_value, note, refuse
+from addons.policies.base import PolicyAddon, set_json_body
+from providers.base import ProviderError, RouteType
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+    from addons.calls import Call
+
+NAME = "ai-request-transformer"
+PRIORITY = 777
+CONSUMER_SCOPE = False  # Kong: no_consumer
+
+#: where the call record's context keeps the plugin's LLM usage
+CONTEXT_KEY = "ai_request_transformer"
+
+log = logging.getLogger("llmitm")
+
+
+class Config(TransformerConfig):
+    """Kong's ai-request-transformer: `prompt`, `transformation_extract_pattern`,
+    `max_request_body_size`, `http_timeout`, `https_verify`, the forward proxy fields,
+    and `llm` (an ai-proxy block)."""
+
+
+class Policy(PolicyAddon):
+    name = "llmitm-ai-request-transformer"
+    plugin = NAME
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        call, conf = self.active(flow)
+        if call is None:
+            return
+        length = flow.request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > conf.max_request_body_size:
+            refuse(flow, call, NAME, _too_large(int(length), conf))
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        call, conf = self.active(flow)
+        if call is None:
+            return
+        try:
+            await self._transform(flow, call, conf)
+        except ProviderError as e:
+            refuse(flow, call, NAME, e)
+        except Exception:
+            log.exception("llmitm: %s crashed on %s", NAME, flow.request.path.partition("?")[0])
+            refuse(
+                flow,
+                call,
+                NAME,
+                ProviderError(500, "internal gateway error", "api_error", "gateway_error"),
+            )
+
+    async def _transform(self, flow: http.HTTPFlow, call: Call, conf: Config) -> None:
+        try:
+            raw = flow.request.content or b""
+        except ValueError:
+            raise ProviderError(
+                400,
+                "cannot decode the request body's content-encoding",
+                "invalid_request_error",
+                "bad_request",
+            ) from None
+        if len(raw) > conf.max_request_body_size:
+            raise _too_large(len(raw), conf)
+        sent = raw.decode("utf-8", "replace")
+        answer = await ask(self.gw, conf.llm, conf.prompt, sent, conf.transport())
+        note(call, CONTEXT_KEY, conf.llm, answer, sent)
+        new = conf.extract(answer.text)
+        if new is None:
+            raise _failed("the LLM's answer did not match transformation_extract_pattern")
+
+        proxy = call.plugin("ai-proxy")
+        if proxy is None or proxy.route_type is RouteType.PRESERVE:
+            # a plain service or a preserve route: the answer's bytes, as Kong sends them
+            flow.request.content = new.encode()
+            call.body = None
+            return
+        try:
+            parsed = json_value(new)
+            what = f"a JSON {_json_type(parsed)}"
+        except ValueError:
+            parsed, what = None, "not JSON"
+        if not isinstance(parsed, dict):
+            log.debug("llmitm: %s: the LLM answered %r", NAME, new[:500])
+            raise _failed(
+                f"the transformed body is {what}; this route's ai-proxy needs a JSON object"
+            )
+        set_json_body(flow, call, parsed)
+        flow.request.headers["content-type"] = "application/json"
+
+
+def _too_large(size: int, conf: Config) -> ProviderError:
+    return ProviderError(
+        413,
+        f"request body of {size} bytes exceeds max_request_body_size "
+        f"({conf.max_request_body_size} bytes)",
+        "invalid_request_error",
+        "request_too_large",
+    )
+
+
+def _failed(message: str) -> ProviderError:
+    return ProviderError(400, message, "invalid_request_error", "transformation_failed")
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
