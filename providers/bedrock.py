@@ -1168,7 +1168,11 @@ class BedrockStream:
             inner = json.loads(base64.b64decode(payload.get("bytes") or ""))
         except (ValueError, TypeError):
             return
-        metrics = inner.get("amazon-bedrock-invocationMetrics") if isinstance(inner, dict) else None
+        if not isinstance(inner, dict):
+            return
+        if not self.started and _invoke_output(inner):
+            self.started = True  # the first token: time to first token counts to here
+        metrics = inner.get("amazon-bedrock-invocationMetrics")
         if isinstance(metrics, dict):
             usage = usage_from_counts(
                 metrics.get("inputTokenCount"),
@@ -1229,6 +1233,19 @@ _HANDLERS = {
     "metadata": BedrockStream._on_metadata,
     "chunk": BedrockStream._on_invoke_chunk,
 }
+
+
+#: where the model families' InvokeModel stream chunks carry generated output:
+#: Titan, Llama, Anthropic's legacy completions, Cohere, Mistral, AI21/OpenAI-shaped
+_INVOKE_OUTPUT = ("outputText", "generation", "completion", "text", "outputs", "choices")
+
+
+def _invoke_output(inner: dict[str, Any]) -> bool:
+    """Whether an InvokeModelWithResponseStream chunk carries output (Anthropic's
+    messages stream: a content block delta; the others: a non-empty output field)."""
+    if inner.get("type") == "content_block_delta":
+        return True
+    return any(inner.get(key) for key in _INVOKE_OUTPUT)
 
 
 # ---------------------------------------------------------------------- provider

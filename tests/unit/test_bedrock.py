@@ -1767,6 +1767,29 @@ def test_preserved_invoke_stream_is_observed_for_its_metrics() -> None:
         t.feed(c)
     t.finish()
     assert t.usage == Usage(8, 2) and t.error is None
+    assert t.started  # the first delta is the first token (time to first token)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"type": "message_start", "message": {}}, {"type": "content_block_delta"}),
+        ({"outputText": ""}, {"outputText": "Hello"}),  # Titan
+        ({"generation": ""}, {"generation": "Hello"}),  # Llama
+        ({"outputs": []}, {"outputs": [{"text": "Hello"}]}),  # Mistral
+    ],
+)
+def test_invoke_stream_starts_at_the_first_output(
+    first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    def chunk(obj: dict[str, Any]) -> bytes:
+        return encode_event("chunk", {"bytes": base64.b64encode(json.dumps(obj).encode()).decode()})
+
+    t = PROVIDER.stream_translator(preserve_spec(f"/model/{CLAUDE}/invoke-with-response-stream"))
+    t.feed(chunk(first))
+    assert not t.started  # no output yet
+    t.feed(chunk(second))
+    assert t.started
     # without metrics an InvokeModel stream is not an error: it is only observed
     t = PROVIDER.stream_translator(preserve_spec(f"/model/{CLAUDE}/invoke-with-response-stream"))
     t.feed(chunk({"type": "content_block_delta"}))
