@@ -7,9 +7,10 @@ The chain, in the order mitmproxy calls it for each flow:
 
     ConfigWatch   loads llmitm_config and reloads it on change
     Router        matches the route (Kong semantics); 404 when none in reverse mode
-    policies      addons/policies/, in Kong's plugin order: cors, key-auth,
+    PolicyChain   addons/policies/, in Kong's plugin order: cors, key-auth,
                   ip-restriction, request-size-limiting, rate-limiting,
-                  ai-rate-limiting-advanced, the prompt plugins, ...
+                  ai-rate-limiting-advanced, the prompt plugins, ... (one addon
+                  that runs only the policies configured for the call)
     AIProxy       ai-proxy routes: translate, call the provider, stream back
     ServiceProxy  other routes: proxy to the service url
     Observe       calls to known LLM API hosts that no route handles (forward mode):

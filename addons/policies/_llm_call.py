@@ -44,6 +44,8 @@ from providers.base import (
 from providers.options import Strict
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from mitmproxy import http
 
     from addons.calls import Call
@@ -452,6 +454,25 @@ def refuse(flow: http.HTTPFlow, call: Call, plugin: str, err: ProviderError) -> 
         err.message,
     )
     reply_error(flow, call, named)
+
+
+async def transform_or_refuse(
+    flow: http.HTTPFlow, call: Call, plugin: str, transform: Awaitable[None]
+) -> None:
+    """Run a transformer plugin's `transform`; a ProviderError it raises answers the
+    client (`refuse`), and so does a crash, as a 500 (logged with its traceback)."""
+    try:
+        await transform
+    except ProviderError as e:
+        refuse(flow, call, plugin, e)
+    except Exception:
+        log.exception("llmitm: %s crashed on %s", plugin, flow.request.path.partition("?")[0])
+        refuse(
+            flow,
+            call,
+            plugin,
+            ProviderError(500, "internal gateway error", "api_error", "gateway_error"),
+        )
 
 
 _FENCED = regex.compile(r"```[A-Za-z0-9_-]*[ \t]*\r?\n(.*?)\r?\n?```", regex.DOTALL)

@@ -3,9 +3,11 @@ error shape, and the request body parsed once for all of them."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from pydantic import Field
 
 from addons import llm_request
 from providers.base import ProviderError, error_type_for
@@ -15,6 +17,8 @@ if TYPE_CHECKING:
 
     from addons.calls import Call
     from addons.state import Gateway
+
+log = logging.getLogger("llmitm")
 
 
 class PolicyAddon:
@@ -61,6 +65,13 @@ def reply_error(flow: http.HTTPFlow, call: Call, err: ProviderError) -> None:
     flow.response = from_provider_error(err)
 
 
+def refuse_request(flow: http.HTTPFlow, call: Call, plugin: str, err: ProviderError) -> None:
+    """Answer the request with `err` (as `reply_error` does): a prompt plugin refusing a
+    request it cannot read or will not let through, noted in the debug log."""
+    log.debug("%s: %s %s refused: %s", plugin, flow.request.method, flow.request.path, err)
+    reply_error(flow, call, err)
+
+
 def json_body(flow: http.HTTPFlow, call: Call) -> dict[str, Any]:
     """The request body as a JSON object, parsed once per call (raises a 400
     ProviderError when it is not one)."""
@@ -88,6 +99,16 @@ def body_size(flow: http.HTTPFlow) -> int:
         return len(flow.request.content or b"")
     except ValueError:  # a bad content-encoding: json_body says so
         return len(flow.request.raw_content or b"")
+
+
+def max_request_body_size_field() -> Any:
+    """The prompt plugins' `max_request_body_size` field (what `read_body` is given)."""
+    return Field(
+        10 * 1024 * 1024,
+        gt=0,
+        description="Largest request body (bytes) this plugin reads; larger ones get 413. "
+        "Kong's default is 8 KiB.",
+    )
 
 
 def read_body(flow: http.HTTPFlow, call: Call, limit: int, plugin: str) -> dict[str, Any]:

@@ -13,12 +13,17 @@ to one of the same role is merged into it (those APIs want turns to alternate).
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from addons.policies.base import PolicyAddon, read_body, reply_error, set_json_body
+from addons.policies.base import (
+    PolicyAddon,
+    max_request_body_size_field,
+    read_body,
+    refuse_request,
+    set_json_body,
+)
 from providers.base import ProviderError
 from providers.options import Strict
 
@@ -28,8 +33,6 @@ if TYPE_CHECKING:
 NAME = "ai-prompt-decorator"
 PRIORITY = 772
 CONSUMER_SCOPE = True
-
-log = logging.getLogger("llmitm")
 
 NOT_A_CHAT = "this LLM route only supports llm/chat type requests"
 
@@ -64,12 +67,7 @@ class Config(Strict):
     prompts: Prompts | None = Field(
         None, description="The messages to add: `prepend` and/or `append`."
     )
-    max_request_body_size: int = Field(
-        10 * 1024 * 1024,
-        gt=0,
-        description="Largest request body (bytes) this plugin reads; larger ones get 413. "
-        "Kong's default is 8 KiB.",
-    )
+    max_request_body_size: int = max_request_body_size_field()
     llm_format: Literal["openai", "bedrock", "gemini"] = Field(
         "openai",
         description="The format of the requests: openai (chat `messages`), or gemini / "
@@ -86,10 +84,27 @@ class Config(Strict):
 # ---------------------------------------------------------------------------- formats
 
 
-def _openai(body: dict[str, Any], prepend: list[Prompt], append: list[Prompt]) -> dict[str, Any]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
+def _chat_turns(body: dict[str, Any], key: str) -> list[Any]:
+    """The request's turns under `key`: a non-empty list, or the request is not a chat
+    (a 400 ProviderError)."""
+    turns = body.get(key)
+    if not isinstance(turns, list) or not turns:
         raise _not_a_chat()
+    return turns
+
+
+def _system_parts(
+    prepend: list[Prompt], append: list[Prompt]
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The system prompts as text parts: those that go before the request's own system
+    text, and those that go after it (Gemini and Bedrock keep them out of the turns)."""
+    before = [_text_part(p.content) for p in prepend if p.role == "system"]
+    after = [_text_part(p.content) for p in append if p.role == "system"]
+    return before, after
+
+
+def _openai(body: dict[str, Any], prepend: list[Prompt], append: list[Prompt]) -> dict[str, Any]:
+    messages = _chat_turns(body, "messages")
     added = [{"role": p.role, "content": p.content} for p in prepend]
     added += messages
     added += [{"role": p.role, "content": p.content} for p in append]
@@ -129,15 +144,12 @@ def _turns(
 
 
 def _gemini(body: dict[str, Any], prepend: list[Prompt], append: list[Prompt]) -> dict[str, Any]:
-    contents = body.get("contents")
-    if not isinstance(contents, list) or not contents:
-        raise _not_a_chat()
+    contents = _chat_turns(body, "contents")
     out = dict(body)
     out["contents"] = _turns(
         contents, prepend, append, {"user": "user", "assistant": "model"}, "parts", _text_part
     )
-    before = [_text_part(p.content) for p in prepend if p.role == "system"]
-    after = [_text_part(p.content) for p in append if p.role == "system"]
+    before, after = _system_parts(prepend, append)
     if before or after:
         field = "system_instruction" if "system_instruction" in body else "systemInstruction"
         current = body.get(field)
@@ -152,15 +164,12 @@ def _gemini(body: dict[str, Any], prepend: list[Prompt], append: list[Prompt]) -
 
 
 def _bedrock(body: dict[str, Any], prepend: list[Prompt], append: list[Prompt]) -> dict[str, Any]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _not_a_chat()
+    messages = _chat_turns(body, "messages")
     out = dict(body)
     out["messages"] = _turns(
         messages, prepend, append, {"user": "user", "assistant": "assistant"}, "content", _text_part
     )
-    before = [_text_part(p.content) for p in prepend if p.role == "system"]
-    after = [_text_part(p.content) for p in append if p.role == "system"]
+    before, after = _system_parts(prepend, append)
     if before or after:
         system = body.get("system")
         out["system"] = [*before, *(system if isinstance(system, list) else []), *after]
@@ -199,7 +208,6 @@ class Policy(PolicyAddon):
             body = read_body(flow, call, conf.max_request_body_size, NAME)
             decorated = decorate(body, conf)
         except ProviderError as e:
-            log.debug("%s: %s %s refused: %s", NAME, flow.request.method, flow.request.path, e)
-            reply_error(flow, call, e)
+            refuse_request(flow, call, NAME, e)
             return
         set_json_body(flow, call, decorated)

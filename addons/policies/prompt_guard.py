@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import regex
 from pydantic import AfterValidator, Field, PrivateAttr, model_validator
 
-from addons.policies.base import PolicyAddon, deny, read_body, reply_error
+from addons.policies.base import (
+    PolicyAddon,
+    deny,
+    max_request_body_size_field,
+    read_body,
+    refuse_request,
+)
 from providers.base import ProviderError
 from providers.options import Strict
 
@@ -91,12 +97,7 @@ class Config(Strict):
         description="Check the messages of every role (system, assistant, ...), not only "
         "user messages. Needs allow_all_conversation_history false.",
     )
-    max_request_body_size: int = Field(
-        10 * 1024 * 1024,
-        gt=0,
-        description="Largest request body (bytes) this plugin reads; larger ones get 413. "
-        "Kong's default is 8 KiB.",
-    )
+    max_request_body_size: int = max_request_body_size_field()
     llm_format: Literal["openai", "bedrock", "gemini"] = Field(
         "openai",
         description="The format of the requests: openai (chat `messages` or completions "
@@ -356,8 +357,7 @@ class Policy(PolicyAddon):
             body = read_body(flow, call, conf.max_request_body_size, NAME)
             texts = checked_texts(body, conf)
         except ProviderError as e:
-            log.debug("%s: %s %s refused: %s", NAME, flow.request.method, flow.request.path, e)
-            reply_error(flow, call, e)
+            refuse_request(flow, call, NAME, e)
             return
         verdict = await judge_request(texts, conf)
         if verdict is not None:

@@ -20,7 +20,6 @@ naming it.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import Field, PrivateAttr, model_validator
 
-from addons.policies.base import PolicyAddon, read_body, reply_error, set_json_body
+from addons.policies.base import (
+    PolicyAddon,
+    max_request_body_size_field,
+    read_body,
+    refuse_request,
+    set_json_body,
+)
 from providers.base import ProviderError
 from providers.options import Strict
 
@@ -39,8 +44,6 @@ if TYPE_CHECKING:
 NAME = "ai-prompt-template"
 PRIORITY = 773
 CONSUMER_SCOPE = True
-
-log = logging.getLogger("llmitm")
 
 #: `{{name}}`: letters, digits and underscores, no spaces (Kong's placeholders)
 PLACEHOLDER = re.compile(r"\{\{([A-Za-z0-9_]+)\}\}")
@@ -195,12 +198,7 @@ class Config(Strict):
         description="Keep the client's original request (before rendering) in the call "
         "record, as `context.original_request`.",
     )
-    max_request_body_size: int = Field(
-        10 * 1024 * 1024,
-        gt=0,
-        description="Largest request body (bytes) this plugin reads; larger ones get 413. "
-        "Kong's default is 8 KiB.",
-    )
+    max_request_body_size: int = max_request_body_size_field()
     _by_name: dict[str, Compiled] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
@@ -283,8 +281,7 @@ class Policy(PolicyAddon):
                 call.context["original_request"] = redacted(body, call.config.secrets, key)
             rendered = apply_template(body, conf)
         except ProviderError as e:
-            log.debug("%s: %s %s refused: %s", NAME, flow.request.method, flow.request.path, e)
-            reply_error(flow, call, e)
+            refuse_request(flow, call, NAME, e)
             return
         if rendered is not None:
             set_json_body(flow, call, rendered)

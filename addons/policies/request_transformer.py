@@ -20,7 +20,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from addons.policies._llm_call import TransformerConfig, ask, json_value, note, refuse
+from addons.policies._llm_call import (
+    TransformerConfig,
+    ask,
+    json_value,
+    note,
+    refuse,
+    transform_or_refuse,
+)
 from addons.policies.base import PolicyAddon, set_json_body
 from providers.base import ProviderError, RouteType
 
@@ -61,18 +68,7 @@ class Policy(PolicyAddon):
         call, conf = self.active(flow)
         if call is None:
             return
-        try:
-            await self._transform(flow, call, conf)
-        except ProviderError as e:
-            refuse(flow, call, NAME, e)
-        except Exception:
-            log.exception("llmitm: %s crashed on %s", NAME, flow.request.path.partition("?")[0])
-            refuse(
-                flow,
-                call,
-                NAME,
-                ProviderError(500, "internal gateway error", "api_error", "gateway_error"),
-            )
+        await transform_or_refuse(flow, call, NAME, self._transform(flow, call, conf))
 
     async def _transform(self, flow: http.HTTPFlow, call: Call, conf: Config) -> None:
         try:

@@ -24,13 +24,18 @@ fails or cannot be reached.
 from __future__ import annotations
 
 import json
-import logging
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from addons.policies._llm_call import TransformerConfig, ask, json_value, note, refuse
+from addons.policies._llm_call import (
+    TransformerConfig,
+    ask,
+    json_value,
+    note,
+    transform_or_refuse,
+)
 from addons.policies.base import PolicyAddon
 from providers.base import ProviderError
 
@@ -51,8 +56,6 @@ CONTEXT_KEY = "ai_response_transformer"
 _FRAMING = frozenset(
     {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive"}
 )
-
-log = logging.getLogger("llmitm")
 
 
 class Config(TransformerConfig):
@@ -131,18 +134,7 @@ class Policy(PolicyAddon):
         conf = call.plugin(NAME)
         if conf is None or not from_upstream(flow, call):
             return
-        try:
-            await self._transform(flow, call, conf)
-        except ProviderError as e:
-            refuse(flow, call, NAME, e)
-        except Exception:
-            log.exception("llmitm: %s crashed on %s", NAME, flow.request.path.partition("?")[0])
-            refuse(
-                flow,
-                call,
-                NAME,
-                ProviderError(500, "internal gateway error", "api_error", "gateway_error"),
-            )
+        await transform_or_refuse(flow, call, NAME, self._transform(flow, call, conf))
 
     async def _transform(self, flow: http.HTTPFlow, call: Call, conf: Config) -> None:
         resp = flow.response

@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import Gateway, RedisServer
 from tests.fakes.upstream import FakeUpstream, Received, Reply, chat_completion
+from tests.policy_helpers import module_gateway, openai_client
 
 # the mock's answer on the `long` route: 80 tokens (320 characters)
 LONG_ANSWER = " ".join(["abc"] * 80)
@@ -94,10 +95,8 @@ plugins:
 
 @pytest.fixture(scope="module")
 def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    g = Gateway(tmp_path_factory.mktemp("gw"), CONFIG.replace("UPSTREAM", upstream.url))
-    g.wait_ready()
-    yield g
-    g.stop()
+    with module_gateway(tmp_path_factory, CONFIG, upstream) as g:
+        yield g
 
 
 @pytest.fixture
@@ -107,12 +106,8 @@ def who() -> str:
 
 
 def client(gw: Gateway, route: str, who: str, **headers: str) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{gw.url}/{route}/v1",
-        api_key="client-key",
-        max_retries=0,
-        default_headers={"X-Test": who, "X-Message-Id": who, **headers},
-    )
+    headers = {"X-Test": who, "X-Message-Id": who, **headers}
+    return openai_client(gw, route, "client-key", default_headers=headers)
 
 
 def words(tokens: int) -> str:

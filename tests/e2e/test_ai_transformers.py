@@ -11,9 +11,7 @@ client; httpx where the SDK cannot express the request.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import openai
@@ -21,6 +19,7 @@ import pytest
 
 from tests.conftest import Gateway, free_port
 from tests.fakes.upstream import FakeUpstream, Received, Reply, chat_completion
+from tests.policy_helpers import MessageTag, module_gateway
 
 KEY = "sk-transformer-llm-secret-0123456789"
 REQ_PROMPT = "Translate the user's messages to French. Answer with the request body only."
@@ -118,44 +117,27 @@ plugins:
 
 @pytest.fixture(scope="module")
 def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    config = (
-        CONFIG.replace("LLM_URL", f"{upstream.url}/llm/v1/chat/completions")
-        .replace("DEAD_URL", f"http://127.0.0.1:{free_port()}/v1/chat/completions")
-        .replace("UPSTREAM", upstream.url)
+    config = CONFIG.replace("LLM_URL", f"{upstream.url}/llm/v1/chat/completions").replace(
+        "DEAD_URL", f"http://127.0.0.1:{free_port()}/v1/chat/completions"
     )
-    g = Gateway(
-        tmp_path_factory.mktemp("gw"),
-        config,
-        quiet=False,
-        env={"LLMITM_TRANSFORMER_KEY": KEY},
-    )
-    g.wait_ready()
-    yield g
-    g.stop()
+    env = {"LLMITM_TRANSFORMER_KEY": KEY}
+    with module_gateway(tmp_path_factory, config, upstream, quiet=False, env=env) as g:
+        yield g
     # the transformers' provider key never reaches a record or the log
     assert KEY not in g.records_path.read_text()
     assert KEY not in g.log()
 
 
-TAG: dict[str, str] = {}
+TAG = MessageTag()
 
 
 @pytest.fixture(autouse=True)
 def _tag() -> None:
-    TAG["id"] = f"msg-{uuid.uuid4().hex}"
+    TAG.new()
 
 
-def my_record(gw: Gateway) -> dict[str, Any]:
-    return gw.record(message_id=TAG["id"])
-
-
-def client(gw: Gateway, prefix: str) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{gw.url}/{prefix}/v1",
-        api_key="client-key",
-        max_retries=0,
-        default_headers={"X-Message-Id": TAG["id"]},
-    )
+my_record = TAG.record
+client = TAG.client
 
 
 LLMAnswer = Callable[[str, str], "str | Reply"]
@@ -221,7 +203,7 @@ def test_request_rewritten_by_the_llm_before_ai_proxy(gw: Gateway, fake: FakeUps
 
     # one record: the client's call, with the transformer's usage in its context
     rec = my_record(gw)
-    assert len([r for r in gw.records() if r["context"].get("message_id") == TAG["id"]]) == 1
+    assert len([r for r in gw.records() if r["context"].get("message_id") == TAG.id]) == 1
     assert rec["status"] == "ok" and rec["ai"]["proxy"]["meta"]["provider_name"] == "mock"
     used = rec["context"]["ai_request_transformer"]
     assert (used["prompt_tokens"], used["completion_tokens"], used["total_tokens"]) == (40, 12, 52)
@@ -456,7 +438,7 @@ def test_plain_service_request_and_response_rewritten(gw: Gateway, fake: FakeUps
     resp = httpx.post(
         f"{gw.url}/plain/form",
         content=b"name=bob&city=paris",
-        headers={"content-type": "application/x-www-form-urlencoded", "X-Message-Id": TAG["id"]},
+        headers={"content-type": "application/x-www-form-urlencoded", "X-Message-Id": TAG.id},
     )
     (backend,) = [r for r in fake.received if r.path.startswith("/backend")]
     assert backend.path == "/backend/form"

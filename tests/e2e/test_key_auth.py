@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 
 from tests.conftest import Gateway
 from tests.fakes.upstream import FakeUpstream, Reply, chat_completion, chat_stream
+from tests.policy_helpers import FAKE_OPENAI_MODEL, MessageTag, mock_chat_config, module_gateway
 
 ALICE_KEY = "sk-alice-e2e-7f3a9c1d5b"  # from the environment, through a vault reference
 BOB_KEY = "sk-bob-e2e-2e8d4f6a0c"
@@ -72,7 +72,7 @@ services:
           - name: ai-proxy
             config:
               route_type: llm/v1/chat
-              model: {{provider: openai, name: gpt-4o-mini, options: {{upstream_url: "UPSTREAM"}}}}
+              model: {FAKE_OPENAI_MODEL}
               logging: {{log_payloads: true}}
       - name: shown
         paths: ["/shown/v1/chat/completions"]
@@ -82,7 +82,7 @@ services:
           - name: ai-proxy
             config:
               route_type: llm/v1/chat
-              model: {{provider: openai, name: gpt-4o-mini, options: {{upstream_url: "UPSTREAM"}}}}
+              model: {FAKE_OPENAI_MODEL}
               logging: {{log_payloads: true}}
 consumers:
   - username: alice
@@ -103,40 +103,28 @@ MESSAGES = [{"role": "user", "content": "hello there"}]
 
 @pytest.fixture(scope="module")
 def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    g = Gateway(
-        tmp_path_factory.mktemp("keyauth"),
-        CONFIG.replace("UPSTREAM", upstream.url),
-        env={"LLMITM_ALICE_KEY": ALICE_KEY},
-    )
-    g.wait_ready()
-    yield g
-    g.stop()
+    env = {"LLMITM_ALICE_KEY": ALICE_KEY}
+    with module_gateway(tmp_path_factory, CONFIG, upstream, env=env) as g:
+        yield g
     # whatever the tests sent, no sink holds a key
     text = g.records_path.read_text()
     for key in (ALICE_KEY, BOB_KEY, WRONG_KEY):
         assert key not in text
 
 
-TAG: dict[str, str] = {}
+TAG = MessageTag()
 
 
 @pytest.fixture(autouse=True)
 def _tag() -> None:
-    TAG["id"] = f"msg-{uuid.uuid4().hex}"
+    TAG.new()
 
 
 def client(gw: Gateway, route: str, api_key: str = "sk-client-unused", **kw: Any) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{gw.url}/{route}/v1",
-        api_key=api_key,
-        max_retries=0,
-        default_headers={"X-Message-Id": TAG["id"], **kw.pop("headers", {})},
-        **kw,
-    )
+    return TAG.client(gw, route, api_key, default_headers=kw.pop("headers", None), **kw)
 
 
-def my_record(gw: Gateway) -> dict[str, Any]:
-    return gw.record(message_id=TAG["id"])
+my_record = TAG.record
 
 
 def chat(c: openai.OpenAI, model: str = "mock-gpt", **kw: Any) -> str:
@@ -348,7 +336,7 @@ def test_consumer_in_the_embedded_store(gw: Gateway) -> None:
             with sqlite3.connect(f"file:{gw.store_path}?mode=ro", uri=True) as db:
                 rows = db.execute(
                     "SELECT consumer, record FROM calls WHERE record LIKE ?",
-                    (f"%{TAG['id']}%",),
+                    (f"%{TAG.id}%",),
                 ).fetchall()
             if rows:
                 break
@@ -362,23 +350,15 @@ def test_consumer_in_the_embedded_store(gw: Gateway) -> None:
 
 # -------------------------------------------------------------------- hot reload
 
-RELOAD = f"""
-_format_version: "3.0"
-services:
-  - name: llm
-    routes:
-      - name: chat
-        paths: ["/v1/chat/completions"]
-        plugins:
-          - name: key-auth
-            config: {{key_names: [authorization]}}
-          - name: ai-proxy
-            config: {MOCK}
+RELOAD = mock_chat_config(
+    {"key-auth": "{key_names: [authorization]}"},
+    tail=f"""
 consumers:
   - username: alice
     keyauth_credentials: [{{key: {ALICE_KEY}}}]
 BOB
-"""
+""",
+)
 BOB = f"""  - username: bob
     keyauth_credentials: [{{key: {BOB_KEY}}}]
 """

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 
 from tests.conftest import Gateway, free_port
 from tests.fakes.upstream import FakeUpstream, Reply
+from tests.policy_helpers import MessageTag, module_gateway
 
 MOCK = "{provider: mock, name: mock-gpt}"
 
@@ -142,27 +142,21 @@ LIMIT = 2048  # the 2-kilobyte routes
 
 @pytest.fixture(scope="module")
 def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    config = CONFIG.replace("UPSTREAM", upstream.url).replace(
-        "DEAD",
-        f"http://127.0.0.1:{free_port()}",  # nothing listens there
-    )
-    g = Gateway(tmp_path_factory.mktemp("gw"), config)
-    g.wait_ready()
-    yield g
-    g.stop()
+    config = CONFIG.replace("DEAD", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with module_gateway(tmp_path_factory, config, upstream) as g:
+        yield g
     assert "Traceback" not in g.log(), g.log()  # no hook crashed along the way
 
 
-TAG: dict[str, str] = {}
+TAG = MessageTag()
 
 
 @pytest.fixture(autouse=True)
 def _tag() -> None:
-    TAG["id"] = f"msg-{uuid.uuid4().hex}"
+    TAG.new()
 
 
-def tagged(headers: dict[str, str] | None = None) -> dict[str, str]:
-    return {"X-Message-Id": TAG["id"], **(headers or {})}
+tagged = TAG.headers
 
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:
@@ -171,9 +165,7 @@ def chat(text: str, **extra: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def client(gw: Gateway, prefix: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=f"{gw.url}/{prefix}/v1", api_key="k", max_retries=0, default_headers=tagged()
-    ) as c:
+    with TAG.client(gw, prefix, api_key="k") as c:
         yield c
 
 
@@ -228,7 +220,7 @@ def test_content_length_over_the_limit_is_refused_and_nothing_goes_upstream(
     assert err["code"] == "request_too_large" and err["type"] == "request_too_large"
     assert fake.received == []
 
-    record = gw.record(message_id=TAG["id"])
+    record = TAG.record(gw)
     assert record["response"]["status"] == 413
     assert record["error"]["source"] == "gateway"
 
@@ -280,7 +272,7 @@ def test_chunked_body_over_the_limit_is_cut_off(gw: Gateway, fake: FakeUpstream)
     resp = httpx.post(f"{gw.url}/plain", content=pieces(b"c" * 5000), headers=tagged())
     assert_error(resp, 413, "Request size limit exceeded")
     assert fake.received == []
-    assert gw.record(message_id=TAG["id"])["response"]["status"] == 413
+    assert TAG.record(gw)["response"]["status"] == 413
 
 
 def test_chunked_body_is_refused_while_it_streams_in(gw: Gateway) -> None:
@@ -325,7 +317,7 @@ def test_chunked_chat_request_under_the_limit_is_answered_by_ai_proxy(gw: Gatewa
     )
     assert resp.status_code == 200, resp.text
     assert resp.json()["choices"][0]["message"]["content"] == "chunked hello"
-    record = gw.record(message_id=TAG["id"])
+    record = TAG.record(gw)
     assert record["status"] == "ok"
     assert record["request"]["size"] == len(body)
 
@@ -364,10 +356,10 @@ def test_bad_json_in_a_chunked_body_is_ai_proxys_400(gw: Gateway) -> None:
 def test_client_leaving_mid_upload(gw: Gateway, fake: FakeUpstream) -> None:
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
         s.sendall(
-            b"POST /plain HTTP/1.1\r\nHost: x\r\nX-Message-Id: " + TAG["id"].encode() + b"\r\n"
+            b"POST /plain HTTP/1.1\r\nHost: x\r\nX-Message-Id: " + TAG.id.encode() + b"\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n"
         )
-    record = gw.record(message_id=TAG["id"])
+    record = TAG.record(gw)
     # as for any cut-off upload (how mitmproxy words it depends on timing)
     assert record["status"] in ("error", "client_aborted")
     assert record["error"]["type"] == "connection_error"
@@ -380,7 +372,7 @@ def test_unreachable_upstream_of_a_counted_body_is_an_openai_502(gw: Gateway) ->
     resp = httpx.post(f"{gw.url}/dead", content=pieces(b"abc"), headers=tagged())
     assert resp.status_code == 502
     assert resp.json()["error"]["type"] == "api_error"
-    assert gw.record(message_id=TAG["id"])["error"]["source"] == "upstream"
+    assert TAG.record(gw)["error"]["source"] == "upstream"
 
 
 def test_require_content_length(gw: Gateway, fake: FakeUpstream) -> None:
@@ -411,7 +403,7 @@ def test_deny_wins_over_allow(gw: Gateway) -> None:
         c.chat.completions.create(**chat("hi"))
     assert e.value.status_code == 403
     assert e.value.body["message"] == "IP address not allowed: 127.0.0.1"
-    record = gw.record(message_id=TAG["id"])
+    record = TAG.record(gw)
     assert record["response"]["status"] == 403
     assert record["error"]["source"] == "gateway"
 

@@ -10,7 +10,6 @@ guard, then ai-proxy), which the combined routes show.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,13 +19,11 @@ import pytest
 
 from tests.conftest import Gateway
 from tests.fakes.upstream import FakeUpstream, Reply, chat_completion
+from tests.policy_helpers import FAKE_OPENAI_MODEL, MessageTag, module_gateway
 
 MOCK = "{route_type: llm/v1/chat, model: {provider: mock, name: gpt-4o-mini}}"
 MOCK_COMPLETIONS = "{route_type: llm/v1/completions, model: {provider: mock, name: gpt-4o-mini}}"
-FAKE = (
-    "{route_type: llm/v1/chat, logging: {log_payloads: true}, "
-    'model: {provider: openai, name: gpt-4o-mini, options: {upstream_url: "UPSTREAM"}}}'
-)
+FAKE = f"{{route_type: llm/v1/chat, logging: {{log_payloads: true}}, model: {FAKE_OPENAI_MODEL}}}"
 
 EXPLAIN = json.dumps(
     {
@@ -148,31 +145,20 @@ plugins:
 
 @pytest.fixture(scope="module")
 def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    g = Gateway(tmp_path_factory.mktemp("gw"), CONFIG.replace("UPSTREAM", upstream.url))
-    g.wait_ready()
-    yield g
-    g.stop()
+    with module_gateway(tmp_path_factory, CONFIG, upstream) as g:
+        yield g
 
 
-TAG: dict[str, str] = {}
+TAG = MessageTag()
 
 
 @pytest.fixture(autouse=True)
 def _tag() -> None:
-    TAG["id"] = f"msg-{uuid.uuid4().hex}"
+    TAG.new()
 
 
-def client(gw: Gateway, prefix: str) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{gw.url}/{prefix}/v1",
-        api_key="client-key",
-        max_retries=0,
-        default_headers={"X-Message-Id": TAG["id"]},
-    )
-
-
-def my_record(gw: Gateway) -> dict[str, Any]:
-    return gw.record(message_id=TAG["id"])
+client = TAG.client
+my_record = TAG.record
 
 
 def answer(resp: Any) -> str:

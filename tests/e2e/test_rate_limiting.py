@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tests.conftest import Gateway, free_port
+from tests.policy_helpers import clear_of_boundary, module_gateway, openai_client
 
 BODY = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -76,22 +77,14 @@ services:
 )
 
 
-def clear_of_boundary(size: int, margin: float) -> None:
-    """Wait, if need be, until a fixed window of `size` seconds has at least `margin`
-    seconds left, so a test's requests all fall in one window."""
-    while size - time.time() % size < margin:
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    g = Gateway(tmp_path_factory.mktemp("rl-local"), LOCAL).wait_ready()
-    yield g
-    g.stop()
+    with module_gateway(tmp_path_factory, LOCAL) as g:
+        yield g
 
 
 def sdk(gw: Gateway, route: str, key: str = "sk-none") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gw.url}/{route}/v1", api_key=key, max_retries=0)
+    return openai_client(gw, route, key)
 
 
 def post(url: str, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:

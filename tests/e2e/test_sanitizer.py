@@ -10,7 +10,6 @@ placeholders and counts, never a value.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +28,7 @@ from tests.fakes.upstream import (
     rechunk,
     sse,
 )
+from tests.policy_helpers import FAKE_OPENAI_MODEL, MessageTag, module_gateway
 
 EMAIL = "jane.roe@example.com"
 CARD = "4111 1111 1111 1111"
@@ -54,7 +54,7 @@ ROUTE = """
 def route(
     name: str,
     sanitizer: str,
-    model: str = "{provider: openai, name: gpt-4o-mini, options: {upstream_url: UPSTREAM}}",
+    model: str = FAKE_OPENAI_MODEL,
 ) -> str:
     return ROUTE.replace("NAME", name).replace("SANITIZER", sanitizer).replace("MODEL", model)
 
@@ -105,10 +105,8 @@ plugins:
 
 @pytest.fixture(scope="module")
 def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    g = Gateway(tmp_path_factory.mktemp("gw"), CONFIG.replace("UPSTREAM", upstream.url))
-    g.wait_ready()
-    yield g
-    g.stop()
+    with module_gateway(tmp_path_factory, CONFIG, upstream) as g:
+        yield g
     # whatever the tests did, no value reached a record or the gateway's log
     records = g.records_path.read_text() if g.records_path.exists() else ""
     for value in VALUES:
@@ -116,25 +114,16 @@ def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iter
         assert value not in g.log()
 
 
-TAG: dict[str, str] = {}
+TAG = MessageTag()
 
 
 @pytest.fixture(autouse=True)
 def _tag() -> None:
-    TAG["id"] = f"msg-{uuid.uuid4().hex}"
+    TAG.new()
 
 
-def client(gw: Gateway, route_name: str) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{gw.url}/{route_name}/v1",
-        api_key="client-key",
-        max_retries=0,
-        default_headers={"X-Message-Id": TAG["id"]},
-    )
-
-
-def record(gw: Gateway) -> dict[str, Any]:
-    return gw.record(message_id=TAG["id"])
+client = TAG.client
+record = TAG.record
 
 
 def ai(rec: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +265,7 @@ def test_bad_json_is_refused(gw: Gateway, fake: FakeUpstream) -> None:
     r = httpx.post(
         f"{gw.url}/chat/v1/chat/completions",
         content=b'{"messages": [',
-        headers={"content-type": "application/json", "X-Message-Id": TAG["id"]},
+        headers=TAG.headers({"content-type": "application/json"}),
     )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
@@ -340,7 +329,7 @@ def test_native_anthropic_route(gw: Gateway, fake: FakeUpstream) -> None:
         base_url=f"{gw.url}/claude",
         api_key="client-key",
         max_retries=0,
-        default_headers={"X-Message-Id": TAG["id"]},
+        default_headers=TAG.headers(),
     )
     messages: Any = [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]
     system = f"Answer {EMAIL} politely."

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import tflow
 
 from addons.ai_proxy_config import AIProxyConfig
@@ -20,32 +19,19 @@ from addons.config import ConfigError, load_text
 from addons.policies import _llm_call, request_transformer, response_transformer
 from addons.policies._llm_call import Transport, ask, complete, extract, json_value
 from addons.policies.response_transformer import parse_instructions
-from addons.router import Router
 from addons.state import Gateway
 from providers.base import ProviderError
 from tests.conftest import free_port
 from tests.fakes.upstream import FakeUpstream, Reply, chat_completion
+from tests.policy_helpers import error_of, route_config, routed_request
 
 SOURCE = "gateway.yaml"
 KONG_PATTERN = r"{((.|\n)*)}"  # the pattern of Kong's own docs example
 
 
 def _yaml(plugin: str, config: str) -> str:
-    """A config with one `/t` route carrying `plugin` (config indented under it)."""
-    body = textwrap.indent(textwrap.dedent(config).strip("\n"), " " * 14)
-    return (
-        '_format_version: "3.0"\n'
-        "services:\n"
-        "  - name: s\n"
-        "    url: http://127.0.0.1:9\n"
-        "    routes:\n"
-        "      - name: t\n"
-        '        paths: ["/t"]\n'
-        "        plugins:\n"
-        f"          - name: {plugin}\n"
-        "            config:\n"
-        f"{body}\n"
-    )
+    """A config with one `/t` route carrying `plugin` (`config`: YAML block lines)."""
+    return route_config({plugin: "\n" + config}, route="t", path="/t")
 
 
 MOCK_LLM = """
@@ -572,20 +558,8 @@ def _gateway(
 
 
 def _flow(gw: Gateway, path: str, body: bytes = b"", method: str = "POST") -> Any:
-    f = tflow.tflow()
-    f.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9")
-    f.request.method = method
-    f.request.path = path
-    f.request.headers["host"] = "gw.example"
-    f.request.headers["content-type"] = "application/json"
-    f.request.content = body
-    Router(gw).requestheaders(f)
-    return f
-
-
-def _error(f: Any) -> dict[str, Any]:
-    assert f.response is not None
-    return json.loads(f.response.content)["error"]
+    headers = {"content-type": "application/json"}
+    return routed_request(gw, method, path, headers=headers, body=body, host="gw.example")
 
 
 async def test_request_body_replaced_for_ai_proxy() -> None:
@@ -607,7 +581,7 @@ async def test_request_answer_that_is_not_json_is_a_400_on_an_ai_proxy_route() -
     f = _flow(gw, "/chat", b'{"messages": [{"role": "user", "content": "hi"}]}')
     await request_transformer.Policy(gw).request(f)
     assert f.response.status_code == 400
-    err = _error(f)
+    err = error_of(f)
     assert err["code"] == "transformation_failed"
     assert err["message"].startswith("ai-request-transformer: the transformed body is not JSON")
     call = gw.calls.get(f)
@@ -627,7 +601,7 @@ async def test_request_json_array_is_refused_on_an_ai_proxy_route() -> None:
     f = _flow(gw, "/chat", b"{}")
     await request_transformer.Policy(gw).request(f)
     assert f.response.status_code == 400
-    assert "a JSON array" in _error(f)["message"]
+    assert "a JSON array" in error_of(f)["message"]
 
 
 async def test_plain_route_gets_the_extracted_bytes() -> None:
@@ -644,7 +618,7 @@ async def test_pattern_mismatch_is_kongs_400() -> None:
     f = _flow(gw, "/plain/form", b"x")
     await request_transformer.Policy(gw).request(f)
     assert f.response.status_code == 400
-    err = _error(f)
+    err = error_of(f)
     assert err["code"] == "transformation_failed"
     assert "did not match transformation_extract_pattern" in err["message"]
     # the LLM was called: its usage is in the record all the same
@@ -656,7 +630,7 @@ async def test_request_too_large_by_content_length_is_a_413_before_the_body() ->
     f = _flow(gw, "/small", b"x" * 17)
     request_transformer.Policy(gw).requestheaders(f)
     assert f.response.status_code == 413
-    assert _error(f)["code"] == "request_too_large"
+    assert error_of(f)["code"] == "request_too_large"
 
 
 async def test_request_too_large_without_content_length_is_a_413() -> None:
@@ -770,7 +744,7 @@ async def test_response_pattern_mismatch_is_kongs_400() -> None:
     f = _answered(gw, "/strict/x", 200, b"{}")
     await response_transformer.Policy(gw).response(f)
     assert f.response.status_code == 400
-    assert _error(f)["message"].startswith("ai-response-transformer: the LLM's answer did not")
+    assert error_of(f)["message"].startswith("ai-response-transformer: the LLM's answer did not")
 
 
 async def test_bad_instructions_are_a_502_for_the_client() -> None:
@@ -781,5 +755,5 @@ async def test_bad_instructions_are_a_502_for_the_client() -> None:
     f.response = tflow.tresp(status_code=200, content=b"{}")
     await response_transformer.Policy(gw).response(f)
     assert f.response.status_code == 502
-    assert "failed to parse JSON response instructions" in _error(f)["message"]
+    assert "failed to parse JSON response instructions" in error_of(f)["message"]
     assert call.error_source == "gateway"

@@ -10,19 +10,9 @@ from addons.config import ConfigError, load_text
 from addons.config.model import Consumer, GatewayConfig, Plugin, Route, Service
 from addons.config.plugins import CONSUMER_PLUGINS
 from providers.options import Strict
+from tests.policy_helpers import mock_chat_config
 
-BASE = """
-_format_version: "3.0"
-services:
-  - name: llm
-    routes:
-      - name: chat
-        paths: ["/v1/chat/completions"]
-        plugins:
-          - name: ai-proxy
-            config: {route_type: llm/v1/chat, model: {provider: mock, name: mock-gpt}}
-          - name: key-auth
-"""
+BASE = mock_chat_config({"key-auth": None})
 
 
 def load(consumers: str, extra: str = "") -> GatewayConfig:

@@ -7,10 +7,9 @@ import json
 
 import pytest
 from mitmproxy import http
-from mitmproxy.proxy.mode_specs import ProxyMode
-from mitmproxy.test import tflow
+from mitmproxy.http import HTTPFlow
 
-from addons.config import ConfigError, load_text
+from addons.config import load_text
 from addons.policies import cors
 from addons.policies.cors import (
     Config,
@@ -20,8 +19,8 @@ from addons.policies.cors import (
     normalize_origin,
     preflight_headers,
 )
-from addons.router import Router
 from addons.state import Gateway
+from tests.policy_helpers import dashed, gateway_for, load_error, route_config, routed_request
 
 ALL_METHODS = "GET,HEAD,PUT,PATCH,POST,DELETE,OPTIONS,TRACE,CONNECT"
 
@@ -217,22 +216,15 @@ def test_apply_removes_the_upstreams_origin_when_not_allowed() -> None:
 
 
 def _config(block: str, methods: str = "") -> str:
-    return f"""
-_format_version: "3.0"
-services:
-  - name: s
-    url: http://127.0.0.1:9
-    routes:
-      - name: r
-        paths: [/x]
-        {methods}
-        plugins:
-          - name: cors
-            config: {block}
-      - name: plain
-        paths: [/plain]
-        methods: [POST]
-"""
+    return route_config(
+        {"cors": block},
+        route_extra=methods,
+        more_routes="""
+- name: plain
+  paths: [/plain]
+  methods: [POST]
+""",
+    )
 
 
 @pytest.mark.parametrize(
@@ -249,9 +241,7 @@ services:
     ],
 )
 def test_bad_configs_are_load_errors(block: str, says: str) -> None:
-    with pytest.raises(ConfigError) as e:
-        load_text(_config(block))
-    assert says in str(e.value)
+    assert says in load_error(_config(block))
 
 
 def test_kong_defaults() -> None:
@@ -271,21 +261,11 @@ def test_kong_defaults() -> None:
 
 
 def _gw(block: str, methods: str = "") -> Gateway:
-    gw = Gateway()
-    gw.config = load_text(_config(block, methods))
-    return gw
+    return gateway_for(_config(block, methods))
 
 
-def _flow(gw: Gateway, method: str, path: str = "/x", **headers: str) -> tflow.HTTPFlow:
-    f = tflow.tflow()
-    f.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9")
-    f.request.method = method
-    f.request.path = path
-    f.request.headers["host"] = "gw.test"
-    for k, v in headers.items():
-        f.request.headers[k.replace("_", "-")] = v
-    Router(gw).requestheaders(f)
-    return f
+def _flow(gw: Gateway, method: str, path: str = "/x", **headers: str) -> HTTPFlow:
+    return routed_request(gw, method, path, headers=dashed(**headers))
 
 
 def test_preflight_is_answered_with_200() -> None:

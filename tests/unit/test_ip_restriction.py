@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 
 import pytest
-from mitmproxy.proxy.mode_specs import ProxyMode
-from mitmproxy.test import tflow
+from mitmproxy.http import HTTPFlow
 
-from addons.config import ConfigError, load_text
+from addons.config import load_text
 from addons.policies import ip_restriction
 from addons.policies.ip_restriction import Config, client_address, parse_network
-from addons.router import Router
 from addons.state import Gateway
+from tests.policy_helpers import error_of, gateway_for, load_error, route_config, routed_request
 
 # ------------------------------------------------------------------ parsing
 
@@ -110,19 +108,7 @@ def test_kong_precedence(
 
 
 def _config(block: str, consumers: str = "") -> str:
-    return f"""
-_format_version: "3.0"
-services:
-  - name: s
-    url: http://127.0.0.1:9
-    routes:
-      - name: r
-        paths: [/x]
-        plugins:
-          - name: ip-restriction
-            config: {block}
-{consumers}
-"""
+    return route_config({"ip-restriction": block}, tail=consumers)
 
 
 @pytest.mark.parametrize(
@@ -138,9 +124,7 @@ services:
     ],
 )
 def test_bad_configs_are_load_errors(block: str, says: str) -> None:
-    with pytest.raises(ConfigError) as e:
-        load_text(_config(block))
-    assert says in str(e.value)
+    assert says in load_error(_config(block))
 
 
 def test_kong_fields_load() -> None:
@@ -153,25 +137,12 @@ def test_kong_fields_load() -> None:
 # -------------------------------------------------------------------- addon
 
 
-def _flow(gw: Gateway, peer: str | None) -> tflow.HTTPFlow:
-    f = tflow.tflow()
-    f.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9")
-    f.client_conn.peername = (peer, 50000) if peer is not None else None
-    f.request.path = "/x"
-    f.request.headers["host"] = "gw.test"
-    Router(gw).requestheaders(f)
-    return f
+def _flow(gw: Gateway, peer: str | None) -> HTTPFlow:
+    return routed_request(gw, peer=peer)
 
 
 def _gw(block: str, consumers: str = "") -> Gateway:
-    gw = Gateway()
-    gw.config = load_text(_config(block, consumers))
-    return gw
-
-
-def _error(f: tflow.HTTPFlow) -> dict:
-    assert f.response is not None
-    return json.loads(f.response.content)["error"]
+    return gateway_for(_config(block, consumers))
 
 
 def test_refused_client_gets_kongs_message_in_openai_shape() -> None:
@@ -179,7 +150,7 @@ def test_refused_client_gets_kongs_message_in_openai_shape() -> None:
     f = _flow(gw, "192.0.2.7")
     ip_restriction.Policy(gw).requestheaders(f)
     assert f.response is not None and f.response.status_code == 403
-    assert _error(f) == {
+    assert error_of(f) == {
         "message": "IP address not allowed: 192.0.2.7",
         "type": "permission_error",
         "param": None,
@@ -201,7 +172,7 @@ def test_status_and_message_overrides() -> None:
     f = _flow(gw, "::ffff:10.0.0.1")
     ip_restriction.Policy(gw).requestheaders(f)
     assert f.response.status_code == 451
-    assert _error(f)["message"] == "Unavailable here"
+    assert error_of(f)["message"] == "Unavailable here"
 
 
 def test_client_without_an_ip_is_refused() -> None:
@@ -209,7 +180,7 @@ def test_client_without_an_ip_is_refused() -> None:
     f = _flow(gw, None)
     ip_restriction.Policy(gw).requestheaders(f)
     assert f.response.status_code == 403
-    assert "Cannot identify the client IP address" in _error(f)["message"]
+    assert "Cannot identify the client IP address" in error_of(f)["message"]
 
 
 CONSUMER_RULE = """
@@ -246,26 +217,17 @@ def test_same_config_is_not_checked_twice() -> None:
 
 
 def _config_with_key_in_body(route_rule: str) -> str:
-    return f"""
-_format_version: "3.0"
-services:
-  - name: s
-    url: http://127.0.0.1:9
-    routes:
-      - name: r
-        paths: [/x]
-        plugins:
-          - name: key-auth
-            config: {{key_in_body: true}}
-          - name: ip-restriction
-            config: {route_rule}
+    return route_config(
+        {"key-auth": "{key_in_body: true}", "ip-restriction": route_rule},
+        tail="""
 consumers:
   - username: alice
-    keyauth_credentials: [{{key: alice-key}}]
+    keyauth_credentials: [{key: alice-key}]
     plugins:
       - name: ip-restriction
-        config: {{allow: ["192.0.2.0/24"]}}
-"""
+        config: {allow: ["192.0.2.0/24"]}
+""",
+    )
 
 
 @pytest.mark.parametrize(("consumer", "refused"), [("alice", False), (None, True)])
@@ -274,8 +236,7 @@ def test_decision_waits_when_key_auth_reads_the_key_from_the_body(
 ) -> None:
     # the route refuses 192.0.2.7, alice's own rule lets it in; key-auth can only tell
     # who it is once the body is read
-    gw = Gateway()
-    gw.config = load_text(_config_with_key_in_body('{deny: ["192.0.2.0/24"]}'))
+    gw = gateway_for(_config_with_key_in_body('{deny: ["192.0.2.0/24"]}'))
     f = _flow(gw, "192.0.2.7")
     policy = ip_restriction.Policy(gw)
     policy.requestheaders(f)

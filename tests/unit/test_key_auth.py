@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 from mitmproxy import http
 from mitmproxy.coretypes.multidict import MultiDict
-from mitmproxy.proxy.mode_specs import ProxyMode
-from mitmproxy.test import tflow
 
 from addons.calls import Call
 from addons.config import ConfigError, load_text
@@ -20,22 +18,14 @@ from addons.policies.key_auth import NEED_BODY, Config, Found, credential_for, f
 from addons.recorder import build_record
 from addons.router import Router
 from addons.state import Gateway
+from tests.policy_helpers import client_request, error_of, mock_chat_config
 
 KEY = "alice-key-0123456789"
 BOB_KEY = "bob-key-9876543210"
 
-CONFIG = """
-_format_version: "3.0"
-services:
-  - name: llm
-    routes:
-      - name: chat
-        paths: ["/v1/chat/completions"]
-        plugins:
-          - name: ai-proxy
-            config: {route_type: llm/v1/chat, model: {provider: mock, name: mock-gpt}}
-          - name: key-auth
-            config: KEYAUTH
+CONFIG = mock_chat_config(
+    {"key-auth": "KEYAUTH"},
+    tail="""
 consumers:
   - username: alice
     custom_id: alice-cid
@@ -46,7 +36,8 @@ consumers:
     keyauth_credentials:
       - {key: "BOB"}
   - username: guest
-"""
+""",
+)
 
 
 def config(keyauth: str = "{}") -> str:
@@ -66,18 +57,10 @@ def flow(
     ctype: str | None = "application/json",
     method: str = "POST",
 ) -> http.HTTPFlow:
-    f = tflow.tflow()
-    f.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9")
-    f.request.method = method
-    f.request.path = path
-    f.request.headers = http.Headers(host="gw.example")
+    items = list(headers.items() if isinstance(headers, dict) else headers or [])
     if ctype:
-        f.request.headers["content-type"] = ctype
-    items = headers.items() if isinstance(headers, dict) else headers or []
-    for name, value in items:
-        f.request.headers.add(name, value)
-    f.request.content = body
-    return f
+        items.insert(0, ("content-type", ctype))
+    return client_request(method, path, headers=items, body=body, host="gw.example")
 
 
 def run(gw: Gateway, f: http.HTTPFlow) -> Call:
@@ -90,11 +73,6 @@ def run(gw: Gateway, f: http.HTTPFlow) -> Call:
     call = gw.calls.get(f)
     assert call is not None
     return call
-
-
-def error_of(f: http.HTTPFlow) -> dict[str, Any]:
-    assert f.response is not None
-    return json.loads(f.response.content)["error"]
 
 
 # ------------------------------------------------------------------- finding the key

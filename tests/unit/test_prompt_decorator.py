@@ -11,13 +11,11 @@ import json
 from typing import Any
 
 import pytest
-from mitmproxy.test import tflow
 
 from addons.calls import Call
-from addons.config import ConfigError
 from addons.policies import prompt_decorator as pd
-from addons.state import Gateway
 from providers.base import ProviderError
+from tests.policy_helpers import flow_with_call, load_error, route_config
 from tests.unit.conftest import load, route_named
 
 SYS1 = {"role": "system", "content": "You are terse."}
@@ -170,22 +168,12 @@ def test_native_not_a_chat(fmt: str, body: dict) -> None:
 # ------------------------------------------------------------------------- config
 
 
-CONFIG = """
-_format_version: "3.0"
-services:
-  - name: svc
-    url: http://127.0.0.1:9
-    routes:
-      - name: chat
-        paths: ["/chat"]
-        plugins:
-          - name: ai-prompt-decorator
-            config: DECORATOR_CONFIG
-"""
+def config_yaml(config: Any) -> str:
+    return route_config({"ai-prompt-decorator": config}, service="svc", route="chat", path="/chat")
 
 
 def load_with(config: Any):
-    return load(CONFIG.replace("DECORATOR_CONFIG", json.dumps(config)))
+    return load(config_yaml(config))
 
 
 def test_defaults() -> None:
@@ -230,9 +218,8 @@ def test_defaults() -> None:
     ],
 )
 def test_bad_configs_are_load_errors(config: Any, problem: str) -> None:
-    with pytest.raises(ConfigError) as e:
-        load_with(config)
-    assert problem in str(e.value), str(e.value)
+    error = load_error(config_yaml(config))
+    assert problem in error, error
 
 
 def test_kongs_limits_are_accepted() -> None:
@@ -246,14 +233,7 @@ def test_kongs_limits_are_accepted() -> None:
 
 
 def run(config: Any, body: bytes) -> tuple[Any, Call]:
-    cfg = load_with(config)
-    route = route_named(cfg, "chat")
-    gw = Gateway()
-    flow = tflow.tflow()
-    flow.request.method = "POST"
-    flow.request.content = body
-    call = Call(config=cfg, route=route, match=None, started_at=0.0, plugins=route.plugins)
-    gw.calls.put(flow, call)
+    gw, flow, call = flow_with_call(load_with(config), "chat", body)
     pd.Policy(gw).request(flow)
     return flow, call
 

@@ -15,13 +15,11 @@ import logging
 from typing import Any
 
 import pytest
-from mitmproxy.test import tflow
 
 from addons.calls import Call
-from addons.config import ConfigError
 from addons.policies import prompt_guard as pg
-from addons.state import Gateway
 from providers.base import ProviderError
+from tests.policy_helpers import flow_with_call, load_error, route_config
 from tests.unit.conftest import load, route_named
 
 
@@ -314,22 +312,12 @@ async def test_short_prompts_are_matched_inline() -> None:
 # ------------------------------------------------------------------------- config
 
 
-CONFIG = """
-_format_version: "3.0"
-services:
-  - name: svc
-    url: http://127.0.0.1:9
-    routes:
-      - name: chat
-        paths: ["/chat"]
-        plugins:
-          - name: ai-prompt-guard
-            config: GUARD_CONFIG
-"""
+def config_yaml(config: Any) -> str:
+    return route_config({"ai-prompt-guard": config}, service="svc", route="chat", path="/chat")
 
 
 def load_with(config: Any):
-    return load(CONFIG.replace("GUARD_CONFIG", json.dumps(config)))
+    return load(config_yaml(config))
 
 
 def test_defaults() -> None:
@@ -373,9 +361,8 @@ def test_defaults() -> None:
     ],
 )
 def test_bad_configs_are_load_errors(config: Any, problem: str) -> None:
-    with pytest.raises(ConfigError) as e:
-        load_with(config)
-    assert problem in str(e.value), str(e.value)
+    error = load_error(config_yaml(config))
+    assert problem in error, error
 
 
 def test_pcre_style_patterns_load() -> None:
@@ -388,14 +375,7 @@ def test_pcre_style_patterns_load() -> None:
 
 
 async def run(config: Any, body: bytes) -> tuple[Any, Call]:
-    cfg = load_with(config)
-    route = route_named(cfg, "chat")
-    gw = Gateway()
-    flow = tflow.tflow()
-    flow.request.method = "POST"
-    flow.request.content = body
-    call = Call(config=cfg, route=route, match=None, started_at=0.0, plugins=route.plugins)
-    gw.calls.put(flow, call)
+    gw, flow, call = flow_with_call(load_with(config), "chat", body)
     await pg.Policy(gw).request(flow)
     return flow, call
 

@@ -11,14 +11,12 @@ import json
 from typing import Any
 
 import pytest
-from mitmproxy.test import tflow
 
 from addons.calls import Call
-from addons.config import ConfigError
 from addons.policies import prompt_template as pt
-from addons.state import Gateway
 from providers.base import ProviderError
-from tests.unit.conftest import load, route_named
+from tests.policy_helpers import flow_with_call, load_error, route_config
+from tests.unit.conftest import load
 
 CHAT = '{"messages": [{"role": "system", "content": "You explain {{subject}} things."}, {"role": "user", "content": "Explain {{thing}} to a {{level}}."}]}'
 COMPLETION = '{"prompt": "Write a {{program}} program in {{language}}."}'
@@ -245,23 +243,13 @@ def test_bad_template_calls(body: dict, message: str) -> None:
 # ------------------------------------------------------------------------- config
 
 
-CONFIG = """
-_format_version: "3.0"
-services:
-  - name: svc
-    url: http://127.0.0.1:9
-    routes:
-      - name: chat
-        paths: ["/chat"]
-        plugins:
-          - name: ai-prompt-template
-            config:
-              TEMPLATE_CONFIG
-"""
+def config_yaml(block: str) -> str:
+    config = "\n" + block  # YAML block lines, even when there is only one
+    return route_config({"ai-prompt-template": config}, service="svc", route="chat", path="/chat")
 
 
 def load_with(block: str):
-    return load(CONFIG.replace("TEMPLATE_CONFIG", block.strip().replace("\n", "\n              ")))
+    return load(config_yaml(block))
 
 
 def test_defaults() -> None:
@@ -298,9 +286,8 @@ def test_defaults() -> None:
     ],
 )
 def test_bad_configs_are_load_errors(block: str, problem: str) -> None:
-    with pytest.raises(ConfigError) as e:
-        load_with(block)
-    assert problem in str(e.value), str(e.value)
+    error = load_error(config_yaml(block))
+    assert problem in error, error
 
 
 def test_a_consumer_can_have_its_own_templates() -> None:
@@ -323,18 +310,11 @@ consumers:
 
 
 def run(block: str, body: bytes, *, credential_key: str | None = None) -> tuple[Any, Call]:
-    cfg = load_with(block)
-    route = route_named(cfg, "chat")
-    gw = Gateway()
-    flow = tflow.tflow()
-    flow.request.method = "POST"
-    flow.request.content = body
-    call = Call(config=cfg, route=route, match=None, started_at=0.0, plugins=route.plugins)
+    gw, flow, call = flow_with_call(load_with(block), "chat", body)
     if credential_key is not None:
         from addons.config.model import Consumer, Credential
 
         call.credential = Credential(key=credential_key, consumer=Consumer("bob", None))
-    gw.calls.put(flow, call)
     pt.Policy(gw).request(flow)
     return flow, call
 

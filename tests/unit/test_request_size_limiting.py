@@ -5,14 +5,10 @@ The gate's answers through a real mitmproxy are in tests/e2e/test_network_polici
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from mitmproxy import http
-from mitmproxy.proxy.mode_specs import ProxyMode
-from mitmproxy.test import tflow
+from mitmproxy.http import HTTPFlow
 
-from addons.config import ConfigError, load_text
 from addons.policies import request_size_limiting as rsl
 from addons.policies.request_size_limiting import (
     Config,
@@ -21,8 +17,15 @@ from addons.policies.request_size_limiting import (
     is_chunked,
     refusal_status,
 )
-from addons.router import Router
 from addons.state import Gateway
+from tests.policy_helpers import (
+    dashed,
+    error_of,
+    gateway_for,
+    load_error,
+    route_config,
+    routed_request,
+)
 
 # ------------------------------------------------------------ sizes and units
 
@@ -84,19 +87,7 @@ def test_header_readings(headers: dict[str, str], chunked: bool, status: int) ->
 
 
 def _config(block: str, consumers: str = "") -> str:
-    return f"""
-_format_version: "3.0"
-services:
-  - name: s
-    url: http://127.0.0.1:9
-    routes:
-      - name: r
-        paths: [/x]
-        plugins:
-          - name: request-size-limiting
-            config: {block}
-{consumers}
-"""
+    return route_config({"request-size-limiting": block}, tail=consumers)
 
 
 @pytest.mark.parametrize(
@@ -113,36 +104,19 @@ services:
     ],
 )
 def test_bad_configs_are_load_errors(block: str, says: str) -> None:
-    with pytest.raises(ConfigError) as e:
-        load_text(_config(block))
-    assert says in str(e.value)
+    assert says in load_error(_config(block))
 
 
 # --------------------------------------------------------------------- addon
 
 
 def _gw(block: str, consumers: str = "") -> Gateway:
-    gw = Gateway()
-    gw.config = load_text(_config(block, consumers))
-    return gw
+    return gateway_for(_config(block, consumers))
 
 
-def _flow(gw: Gateway, **headers: str) -> tflow.HTTPFlow:
-    f = tflow.tflow()
-    f.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9")
-    f.request.method = "POST"
-    f.request.path = "/x"
-    f.request.headers.clear()
-    f.request.headers["host"] = "gw.test"
-    f.request.raw_content = None  # not read yet
-    for k, v in headers.items():
-        f.request.headers[k.replace("_", "-")] = v
-    Router(gw).requestheaders(f)
-    return f
-
-
-def _error(resp: http.Response) -> dict:
-    return json.loads(resp.content)["error"]
+def _flow(gw: Gateway, **headers: str) -> HTTPFlow:
+    """A POST whose body is not read yet."""
+    return routed_request(gw, "POST", headers=dashed(**headers))
 
 
 @pytest.fixture
@@ -165,7 +139,7 @@ async def test_content_length_over_the_limit_is_refused_on_the_headers(policy_gw
     f = _flow(gw, content_length="11")
     await policy.requestheaders(f)
     assert f.response is not None and f.response.status_code == 413
-    assert _error(f.response) == {
+    assert error_of(f) == {
         "message": "Request size limit exceeded",
         "type": "request_too_large",
         "param": None,
@@ -198,7 +172,7 @@ async def test_require_content_length(policy_gw) -> None:
     f = _flow(gw)
     await policy.requestheaders(f)
     assert f.response.status_code == 411
-    assert _error(f.response)["message"] == "A valid Content-Length header is required"
+    assert error_of(f)["message"] == "A valid Content-Length header is required"
     # a chunked body is fine (Kong), and counted as it comes
     f = _flow(gw, transfer_encoding="chunked")
     await policy.requestheaders(f)
@@ -330,19 +304,12 @@ async def test_consumer_known_after_the_body_gets_its_own_limit(policy_gw) -> No
     assert f.response is not None and f.response.status_code == 413
 
 
-KEY_IN_BODY = """
-_format_version: "3.0"
-services:
-  - name: s
-    url: http://127.0.0.1:9
-    routes:
-      - name: r
-        paths: [/x]
-        plugins:
-          - name: key-auth
-            config: {key_in_body: true}
-          - name: request-size-limiting
-            config: {allowed_payload_size: 10, size_unit: bytes}
+KEY_IN_BODY = route_config(
+    {
+        "key-auth": "{key_in_body: true}",
+        "request-size-limiting": "{allowed_payload_size: 10, size_unit: bytes}",
+    },
+    tail="""
 consumers:
   - username: alice
     keyauth_credentials: [{key: alice-key}]
@@ -351,7 +318,8 @@ consumers:
         config: {allowed_payload_size: 100, size_unit: bytes}
   - username: bob
     keyauth_credentials: [{key: bob-key}]
-"""
+""",
+)
 
 
 @pytest.mark.parametrize(
@@ -365,8 +333,7 @@ consumers:
 async def test_limit_waits_for_a_consumer_named_from_the_body(
     length: str, consumer: str, status: int | None
 ) -> None:
-    gw = Gateway()
-    gw.config = load_text(KEY_IN_BODY)
+    gw = gateway_for(KEY_IN_BODY)
     policy = rsl.Policy(gw)
     try:
         f = _flow(gw, content_length=length)

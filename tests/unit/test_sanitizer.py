@@ -10,80 +10,72 @@ from typing import Any
 
 import pytest
 from mitmproxy import http
-from mitmproxy.proxy.mode_specs import ProxyMode
-from mitmproxy.test import tflow
 
 from addons.calls import Call
-from addons.config import ConfigError, load_text
+from addons.config import load_text
 from addons.policies import sanitizer
 from addons.policies._pii import Detector, Masker, Recovery
 from addons.policies.sanitizer import CallState, Policy, StreamFilter
 from addons.router import Router
 from addons.state import Gateway
 from providers import sse
+from tests.policy_helpers import client_request, gateway_for, load_error, mock_chat_config
 
 EMAIL = "jo.doe@example.com"
 CARD = "4111 1111 1111 1111"
 KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z"
 
-CONFIG = """
-_format_version: "3.0"
-services:
-  - name: llm
-    routes:
-      - name: chat
-        paths: ["/v1/chat/completions"]
-        plugins:
-          - name: ai-proxy
-            config: {route_type: llm/v1/chat, model: {provider: mock, name: mock-gpt}}
-      - name: completions
-        paths: ["/v1/completions"]
-        plugins:
-          - name: ai-proxy
-            config: {route_type: llm/v1/completions, model: {provider: mock, name: mock-gpt}}
-      - name: embeddings
-        paths: ["/v1/embeddings"]
-        plugins:
-          - name: ai-proxy
-            config: {route_type: llm/v1/embeddings, model: {provider: mock, name: mock-emb}}
-      - name: anthropic
-        paths: ["/v1/messages"]
-        plugins:
-          - name: ai-proxy
-            config:
-              route_type: llm/v1/chat
-              llm_format: anthropic
-              model: {provider: anthropic, name: claude-3-5-haiku-latest, options: {anthropic_version: "2023-06-01"}}
-              auth: {header_name: x-api-key, header_value: test}
-      - name: raw
-        paths: ["/raw"]
-        plugins:
-          - name: ai-proxy
-            config: {route_type: preserve, model: {provider: openai}}
+CONFIG = mock_chat_config(
+    more_routes="""
+- name: completions
+  paths: ["/v1/completions"]
+  plugins:
+    - name: ai-proxy
+      config: {route_type: llm/v1/completions, model: {provider: mock, name: mock-gpt}}
+- name: embeddings
+  paths: ["/v1/embeddings"]
+  plugins:
+    - name: ai-proxy
+      config: {route_type: llm/v1/embeddings, model: {provider: mock, name: mock-emb}}
+- name: anthropic
+  paths: ["/v1/messages"]
+  plugins:
+    - name: ai-proxy
+      config:
+        route_type: llm/v1/chat
+        llm_format: anthropic
+        model: {provider: anthropic, name: claude-3-5-haiku-latest, options: {anthropic_version: "2023-06-01"}}
+        auth: {header_name: x-api-key, header_value: test}
+- name: raw
+  paths: ["/raw"]
+  plugins:
+    - name: ai-proxy
+      config: {route_type: preserve, model: {provider: openai}}
+""",
+    tail="""
 plugins:
   - name: ai-sanitizer
     config: SANITIZER
-"""
+""",
+)
+
+
+def config(sanitizer_config: str = "{}") -> str:
+    return CONFIG.replace("SANITIZER", sanitizer_config)
 
 
 def load(sanitizer_config: str = "{}") -> Any:
-    return load_text(CONFIG.replace("SANITIZER", sanitizer_config))
+    return load_text(config(sanitizer_config))
 
 
 def gateway(sanitizer_config: str = "{}") -> Gateway:
-    gw = Gateway()
-    gw.config = load(sanitizer_config)
-    return gw
+    return gateway_for(config(sanitizer_config))
 
 
 def make_flow(body: Any, path: str = "/v1/chat/completions") -> http.HTTPFlow:
-    f = tflow.tflow()
-    f.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9")
-    f.request.method = "POST"
-    f.request.path = path
-    f.request.headers = http.Headers(host="gw.example", content_type="application/json")
-    f.request.content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return f
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    return client_request("POST", path, headers=headers, body=raw, host="gw.example")
 
 
 async def send(
@@ -135,9 +127,7 @@ def sent(f: http.HTTPFlow) -> dict[str, Any]:
     ],
 )
 def test_bad_configs_name_the_field(conf: str, error: str) -> None:
-    with pytest.raises(ConfigError) as e:
-        load(conf)
-    assert error in str(e.value)
+    assert error in load_error(config(conf))
 
 
 def test_kong_files_load() -> None:
