@@ -522,6 +522,8 @@ class Observe:
         except ProviderError:  # not the answer the format expects: read what is there
             reply = adapter.parse_native_response(spec, resp.status_code, headers, body)
         call.usage = reply.usage
+        if call.usage is None and spec.native:  # e.g. Bedrock's InvokeModel: counts in headers
+            call.usage = _preserved_usage(adapter, spec, resp.status_code, headers, body)
         call.response_model = reply.model
         call.finish_reason = _native_finish(reply.data)
         if spec.native:  # the provider's mapping to OpenAI's finish reasons, when it has one
@@ -545,6 +547,24 @@ def _observer(call: Call) -> StreamTranslator:
     if call.spec.extra.get("operation") == RESPONSES:
         return ResponsesStream(call.spec)
     return stream_observer(_adapter(call.provider, call.spec), call.spec)
+
+
+def _preserved_usage(
+    provider: Provider, spec: CallSpec, status: int, headers: dict[str, str], body: bytes
+) -> Usage | None:
+    """The usage a `preserve` route reads from an answer the native parser found none in
+    (a request to the provider's host in another format, such as Bedrock's InvokeModel
+    with a model vendor's own body, whose token counts come in response headers)."""
+    try:
+        reply = provider.parse_response(
+            dataclasses.replace(spec, route_type=RouteType.PRESERVE, llm_format="openai"),
+            status,
+            headers,
+            body,
+        )
+    except Exception:  # noqa: BLE001 - an answer this parser cannot read either
+        return None
+    return reply.usage
 
 
 def _translated_finish(

@@ -1,6 +1,7 @@
 """CPU cost per call, counted in instructions under valgrind's callgrind.
 
     python bench/instructions.py [--calls 300] [--variants gateway,anthropic]
+    python bench/instructions.py --variants observe-off,observe-no-store,observe --stream-calls 100
 
 Wall-clock figures on a small shared machine move by a millisecond from run to run;
 instruction counts do not (the same code, inputs and environment give the same count,
@@ -9,6 +10,13 @@ under callgrind with counting switched off, warms each up, counts exactly `--cal
 non-streamed calls from one keep-alive connection, and prints the instructions per call
 of each mitmdump process and their ratio to bare. It takes a few minutes (callgrind
 runs Python about 50 times slower). Needs valgrind (Debian package `valgrind`).
+
+With `--stream-calls N` it also counts N streamed calls (after the non-streamed ones,
+in the same process: callgrind dumps its counters between the two and starts again
+from zero); the baseline for those is the bare mitmdump with stream_large_bodies=1,
+which passes a stream on as it arrives, as the gateway does (bare mitmdump proper
+would hold it back to its end). A forward-proxy variant (observe mode) is compared
+with bare mitmdump in regular mode, its own baseline.
 
 The log plugins send their records in batches, a second or so after the calls: the
 count starts once the warm-up's records are out and stops once the counted calls'
@@ -27,19 +35,20 @@ import time
 from pathlib import Path
 
 import fake_upstream
-from loadgen import Connection
+from loadgen import timed_stream
 from procs import Processes, free_port
 from run import (
     ROOT,
     Delivered,
     Server,
+    baselines_of,
     delivered,
     delivery_report,
     mitmdump_options,
     mitmdump_path,
     start_fake,
 )
-from variants import BARE, VARIANTS, Variant
+from variants import BASELINES, VARIANTS, Variant
 
 #: seconds the sinks get to send what the calls before left (the longest linger is 1 s)
 SETTLE = 3.0
@@ -60,13 +69,38 @@ def settle(fake_port: int, server: Server) -> Delivered | None:
         time.sleep(0.5)
 
 
+def totals(out: Path) -> list[int]:
+    """The instructions of each part of a callgrind run, in order (one part per dump;
+    the last part is the file without a number, written at exit)."""
+
+    def part(path: Path) -> int:
+        suffix = path.name.rsplit(".", 1)[1] if path.name != out.name else ""
+        return int(suffix) if suffix.isdigit() else 1 << 30
+
+    counts = []
+    for path in sorted(out.parent.glob(f"{out.name}*"), key=part):
+        found = {}
+        for line in path.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key in ("summary", "totals") and value.strip().isdigit():
+                found[key] = int(value)
+        # a later part's `summary` is not its own: its `totals` is
+        counts.append(found.get("totals", found.get("summary", 0)))
+    return counts
+
+
 def count(
-    procs: Processes, variant: Variant, fake_port: int, workdir: Path, calls: int
-) -> tuple[int, Delivered | None]:
-    """Instructions the mitmdump of `variant` executes for `calls` calls, and what its
-    sinks received."""
+    procs: Processes,
+    variant: Variant,
+    fake_port: int,
+    workdir: Path,
+    calls: int,
+    stream_calls: int = 0,
+) -> tuple[int | None, int | None, Delivered | None]:
+    """Instructions the mitmdump of `variant` executes for `calls` non-streamed calls,
+    then for `stream_calls` streamed ones (None when 0), and what its sinks received."""
     port = free_port()
-    out = workdir / f"callgrind-{variant.name}.out"
+    out = workdir / f"callgrind-{variant.name}-{port}.out"  # a baseline's two share a name
     args, options = mitmdump_options(variant, fake_port, port, workdir)
     argv = [
         "valgrind",
@@ -87,36 +121,54 @@ def count(
         Path(config) if config else None,
         options.get("llmitm_store"),
         proc.log,
+        fake_port,
     )
     body = variant.body()
-    with Connection(port, timeout=120) as conn:
+    streamed = variant.body(stream=True)
+
+    def control(*command: str) -> None:
+        subprocess.run(
+            ["callgrind_control", *command, str(proc.pid)], check=True, capture_output=True
+        )
+
+    sinks = None
+    with server.connect(timeout=120) as conn:
         for _ in range(20):  # warm-up: imports, first connections, caches
-            status, _ = conn.post(variant.client_path, body)
+            status, _ = conn.post(server.target, body)
             assert status == 200, f"{variant.name}: status {status}"
+        for _ in range(5 if stream_calls else 0):
+            timed_stream(conn, server.target, streamed)
         settle(fake_port, server)
-        subprocess.run(
-            ["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True
-        )
+        control("-i", "on")
         for _ in range(calls):
-            conn.post(variant.client_path, body)
-        sinks = settle(fake_port, server)
-        subprocess.run(
-            ["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True
-        )
+            conn.post(server.target, body)
+        if calls:
+            sinks = settle(fake_port, server)
+        if calls and stream_calls:
+            control("-d")  # the non-streamed calls' part; counting goes on from zero
+        for _ in range(stream_calls):
+            timed_stream(conn, server.target, streamed)
+        if stream_calls:
+            sinks = settle(fake_port, server)
+        control("-i", "off")
     proc.stop(grace=120)
-    total = 0
-    for path in workdir.glob(f"callgrind-{variant.name}.out*"):
-        for line in path.read_text(errors="replace").splitlines():
-            if line.startswith(("summary:", "totals:")):
-                total = max(total, int(line.split()[1]))
-    if total == 0:
+    parts = totals(out)
+    if not parts or parts[-1] == 0 or (calls and stream_calls and len(parts) < 2):
         raise RuntimeError(f"no callgrind totals for {variant.name}: {proc.output_tail()}")
-    return total, sinks
+    if calls and stream_calls:
+        return parts[0], parts[-1], sinks
+    return (parts[-1], None, sinks) if calls else (None, parts[-1], sinks)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--calls", type=int, default=300, help="counted calls per target (300)")
+    ap.add_argument(
+        "--stream-calls",
+        type=int,
+        default=0,
+        help="also count this many streamed calls per target (0: none)",
+    )
     ap.add_argument(
         "--variants",
         default=",".join(v.name for v in VARIANTS if v.default),
@@ -132,32 +184,68 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.variants.split(",") if n not in known]
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if args.calls < 1 or args.stream_calls < 0:
+        ap.error("--calls must be at least 1 and --stream-calls at least 0")
     variants = [known[n] for n in args.variants.split(",")]
+    for variant in [*baselines_of(variants), *variants]:
+        if variant.fake_endpoint not in fake_upstream.ENDPOINTS:
+            ap.error(f"variant {variant.name}: the fake has no {variant.fake_endpoint}")
     settings = argparse.Namespace(chunks=20, first_delay_ms=50.0, chunk_delay_ms=2.0)
-    assert BARE.fake_endpoint in fake_upstream.ENDPOINTS
     with tempfile.TemporaryDirectory(prefix="llmitm-instr-") as tmp, Processes(Path(tmp)) as procs:
         workdir = Path(tmp)
         fake_port = start_fake(procs, settings)
-        counts = {}
+        counts: dict[str, float] = {}
+        stream_counts: dict[str, float] = {}
         sinks: dict[str, Delivered] = {}
-        for variant in [BARE, *variants]:
-            print(f"  counting {variant.name} ({args.calls} calls)...", flush=True)
-            total, received = count(procs, variant, fake_port, workdir, args.calls)
-            counts[variant.name] = total / args.calls
+        for variant in [*baselines_of(variants), *variants]:
+            if variant.name in BASELINES and variant is BASELINES[variant.name][1]:
+                if not args.stream_calls:
+                    continue
+                calls, stream_calls = 0, args.stream_calls  # the streaming baseline
+            elif variant.name in BASELINES:
+                calls, stream_calls = args.calls, 0
+            else:
+                calls, stream_calls = args.calls, args.stream_calls
+            what = f"{calls} calls" + (f", {stream_calls} streamed" if stream_calls else "")
+            if not calls:
+                what = f"{stream_calls} streamed calls, stream_large_bodies=1"
+            print(f"  counting {variant.name} ({what})...", flush=True)
+            plain, stream, received = count(procs, variant, fake_port, workdir, calls, stream_calls)
+            if plain is not None:
+                counts[variant.name] = plain / calls
+            if stream is not None:
+                stream_counts[variant.name] = stream / stream_calls
             if received is not None:
                 sinks[variant.name] = received
-    bare = counts[BARE.name]
-    width = max(10, *(len(name) for name in counts))
-    by_name = {v.name: v for v in VARIANTS}
     print(f"\ninstructions per non-streamed call, mitmdump process only ({args.calls} calls)")
-    for name, per_call in counts.items():
-        line = f"  {name:{width}s} {per_call / 1e6:7.3f} M   {per_call / bare:5.2f}x bare"
-        base = by_name[name].compare_to if name in by_name else None
-        if base in counts:
-            line += f"   {(per_call - counts[base]) / 1e6:+7.3f} M over {base}"
-        print(line)
+    print("\n".join(per_call_report(counts)))
+    if stream_counts:
+        print(
+            f"\ninstructions per streamed call ({args.stream_calls} calls, 20 content chunks "
+            "each; bare: stream_large_bodies=1)"
+        )
+        print("\n".join(per_call_report(stream_counts)))
     print("\n".join(delivery_report(sinks)))
     return 0
+
+
+def per_call_report(counts: dict[str, float]) -> list[str]:
+    """Each target's instructions per call, its ratio to its baseline and, for a
+    variant that names one in `compare_to`, what it adds over that one."""
+    width = max(10, *(len(name) for name in counts))
+    by_name = {v.name: v for v in VARIANTS}
+    lines = []
+    for name, per_call in counts.items():
+        base_name = by_name[name].baseline if name in by_name else name
+        line = f"  {name:{width}s} {per_call / 1e6:7.3f} M"
+        if base_name in counts:
+            base = counts[base_name]
+            line += f"   {per_call / base:5.2f}x {base_name:12s} {(per_call - base) / 1e6:+7.3f} M"
+        other = by_name[name].compare_to if name in by_name else None
+        if other in counts:
+            line += f"   {(per_call - counts[other]) / 1e6:+7.3f} M over {other}"
+        lines.append(line)
+    return lines
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ a free port of 127.0.0.1. Then it loads each with wrk (non-streamed requests, 1 
 connections), times the first token of streamed requests, and prints one table with
 the gateway's figures next to bare mitmdump's and the project's targets. A MISS is
 reported, not an error; the exit status is non-zero only when a component fails.
+
+The forward-proxy variants (observe mode) run mitmdump in regular mode instead; their
+clients send absolute-form requests for the fake through it (wrk with a generated Lua
+script that sets the request target, and `ForwardConnection`), and they are compared
+with bare mitmdump in regular mode (`bare-forward`).
 """
 
 from __future__ import annotations
@@ -30,22 +35,25 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from string import Template
 from types import FrameType
 
 import fake_upstream
 import yaml
 from loadgen import (
+    LUA_SCRIPT,
     Connection,
     HTTPError,
     WrkResult,
     measure_ttft,
+    parse_wrk,
     run_wrk,
     timed_stream,
     wrk_path,
     wrk_version,
 )
 from procs import HOST, Process, Processes, StartupError, free_port
-from variants import BARE, BARE_STREAMING, VARIANTS, Variant
+from variants import BASELINES, VARIANTS, Variant
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY_SCRIPT = ROOT / "addons" / "gateway.py"
@@ -75,10 +83,42 @@ class Server:
     store: str | None = None
     #: where its output goes (warnings and errors)
     log: Path | None = None
+    #: the fake's port (forward mode: where clients' requests go, through the proxy)
+    fake_port: int = 0
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}{self.variant.client_path}"
+
+    @property
+    def target(self) -> str:
+        """The request target clients write: the path (reverse mode), or the fake's
+        absolute URL (a forward proxy's absolute form)."""
+        if self.variant.forward:
+            tag = f"/{self.variant.name}" if self.variant.tagged else ""
+            return f"http://{HOST}:{self.fake_port}{tag}{self.variant.client_path}"
+        return self.variant.client_path
+
+    def connect(self, timeout: float = 30.0) -> Connection:
+        if self.variant.forward:
+            return ForwardConnection(self.port, f"{HOST}:{self.fake_port}", timeout)
+        return Connection(self.port, timeout=timeout)
+
+
+class ForwardConnection(Connection):
+    """A client of a forward proxy: the request target is an absolute URL (`path`) and
+    the Host header names the destination, as HTTP clients send them to a proxy."""
+
+    def __init__(self, port: int, destination: str, timeout: float = 30.0) -> None:
+        super().__init__(port, timeout=timeout)
+        self.destination = destination
+
+    def send(self, path: str, body: bytes) -> None:
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: {self.destination}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + body)
 
 
 @dataclass(slots=True)
@@ -201,8 +241,9 @@ def mitmdump_options(
         target = f"http://{HOST}:9"  # unused: the gateway does its own upstream I/O
         config = workdir / f"{variant.name}-{port}.yaml"
         config.write_text(variant.render_config(f"http://{HOST}:{fake_port}", workdir))
-        argv += ["-s", str(GATEWAY_SCRIPT)]
         options["llmitm_config"] = str(config)
+    if variant.uses_gateway:
+        argv += ["-s", str(GATEWAY_SCRIPT)]
         # the embedded store stays on, as in a default install, but in the run's directory
         # (a variant may turn it off); each gateway spools to its own directory
         options["llmitm_spool_dir"] = str(workdir / f"spool-{variant.name}")
@@ -211,7 +252,8 @@ def mitmdump_options(
     options["connection_strategy"] = "lazy"
     options["confdir"] = str(confdir)
     extra: list[str] = []
-    args = list(variant.mitmdump_args)
+    # `$fake` in an argument: the fake's host:port (e.g. an observe-mode host entry)
+    args = [Template(a).safe_substitute(fake=f"{HOST}:{fake_port}") for a in variant.mitmdump_args]
     while args:
         arg = args.pop(0)
         if arg == "--set" and args:
@@ -219,7 +261,10 @@ def mitmdump_options(
             options[name] = value if eq else None
         else:
             extra.append(arg)
-    argv += ["--mode", f"reverse:{target}@{HOST}:{port}"]
+    if variant.forward:  # clients name the fake in each request
+        argv += ["--mode", f"regular@{HOST}:{port}"]
+    else:
+        argv += ["--mode", f"reverse:{target}@{HOST}:{port}"]
     for name, value in options.items():
         argv += ["--set", name if value is None else f"{name}={value}"]
     return argv + extra, options
@@ -243,6 +288,7 @@ def start_mitmdump(procs: Processes, variant: Variant, fake_port: int, workdir: 
         Path(config) if config else None,
         options.get("llmitm_store"),
         proc.log,
+        fake_port,
     )
     try:
         check(server)
@@ -254,12 +300,64 @@ def start_mitmdump(procs: Processes, variant: Variant, fake_port: int, workdir: 
 def check(server: Server) -> None:
     """One non-streamed and one streamed request must succeed before any load."""
     variant = server.variant
-    with Connection(server.port, timeout=10) as conn:
-        status, body = conn.post(variant.client_path, variant.body())
+    with server.connect(timeout=10) as conn:
+        status, body = conn.post(server.target, variant.body())
         answer = json.loads(body) if status == 200 else None
         if not isinstance(answer, dict) or not answer.get("choices"):
             raise HTTPError(f"status {status}: {body[:300]!r}")
-        timed_stream(conn, variant.client_path, variant.body(stream=True))
+        timed_stream(conn, server.target, variant.body(stream=True))
+
+
+def forward_script(server: Server, workdir: Path) -> Path:
+    """wrk's script for a forward proxy: `post.lua`, then the fake's absolute URL as
+    the request target and its address as the Host header (wrk itself connects to the
+    proxy, the URL it is given)."""
+    path = workdir / f"forward-{server.variant.name}-{server.port}.lua"
+    path.write_text(
+        f"dofile({json.dumps(str(LUA_SCRIPT))})\n"
+        f"wrk.path = {json.dumps(server.target)}\n"
+        f'wrk.headers["Host"] = "{HOST}:{server.fake_port}"\n'
+    )
+    return path
+
+
+def run_load(server: Server, body_file: Path, connections: int, duration: float) -> WrkResult:
+    """wrk against `server`: `loadgen.run_wrk`, or for a forward proxy the same run with
+    the forward script (written next to the body file)."""
+    if not server.variant.forward:
+        return run_wrk(server.url, body_file, connections, duration)
+    exe = wrk_path()
+    if exe is None:
+        raise StartupError("wrk is not installed")
+    argv = [
+        exe,
+        f"-t{1 if connections < 8 else 2}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(forward_script(server, body_file.parent)),
+        f"http://{HOST}:{server.port}/",
+    ]
+    env = {**os.environ, "BENCH_BODY": str(body_file)}
+    done = subprocess.run(
+        argv, check=False, capture_output=True, text=True, env=env, timeout=duration + 60
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
+    return parse_wrk(done.stdout)
+
+
+def first_tokens(server: Server, body: bytes, count: int, warmup: int = 5) -> list[float]:
+    """`loadgen.measure_ttft` through `server`'s kind of connection (forward or not)."""
+    if not server.variant.forward:
+        return measure_ttft(server.port, server.variant.client_path, body, count, warmup)
+    with server.connect() as conn:
+        for _ in range(warmup):
+            timed_stream(conn, server.target, body)
+        return [timed_stream(conn, server.target, body).ttft * 1000 for _ in range(count)]
 
 
 # ------------------------------------------------------------------ measuring
@@ -304,7 +402,7 @@ def measure(
         path.write_bytes(server.variant.body())
         if args.warmup > 0:
             print(f"  warm-up {server.variant.name}", flush=True)
-            run_wrk(server.url, path, max(CONCURRENCY), args.warmup)
+            run_load(server, path, max(CONCURRENCY), args.warmup)
     for round_ in range(1, args.rounds + 1):
         label = f"round {round_}/{args.rounds}: " if args.rounds > 1 else ""
         for connections in CONCURRENCY:
@@ -312,10 +410,10 @@ def measure(
                 name = server.variant.name
                 print(f"  {label}wrk {name} c={connections} {args.duration:g}s", flush=True)
                 profiler = None
-                if args.profile and connections == HIGH and server.variant.config is not None:
+                if args.profile and connections == HIGH and server.variant.uses_gateway:
                     profiler = start_profiler(procs, server, args.duration - 1, args.profile)
                 cpu = cpu_seconds(server.pid)
-                result = run_wrk(server.url, bodies[name], connections, args.duration)
+                result = run_load(server, bodies[name], connections, args.duration)
                 results[name].cpu_s.append(cpu_seconds(server.pid) - cpu)
                 results[name].wrk.setdefault(connections, []).append(result)
                 if profiler is not None:
@@ -324,9 +422,7 @@ def measure(
             name = server.variant.name
             print(f"  {label}TTFT {name} x{args.ttft_requests}", flush=True)
             body = server.variant.body(stream=True)
-            samples = measure_ttft(
-                server.port, server.variant.client_path, body, args.ttft_requests
-            )
+            samples = first_tokens(server, body, args.ttft_requests)
             results[name].ttft_ms.append(samples)
     return results
 
@@ -387,18 +483,17 @@ def delivered(fake_port: int, servers: list[Server]) -> dict[str, Delivered]:
     out: dict[str, Delivered] = {}
     for server in servers:
         variant = server.variant
-        if not variant.tagged or server.config is None:
+        if not variant.tagged or not variant.uses_gateway:
             continue
         by_endpoint = received.get(variant.name, {})
         calls = by_endpoint.get(variant.fake_endpoint, {}).get("requests", 0)
         d = out[variant.name] = Delivered(calls)
         if server.store:
             d.sinks["store rows"] = (_store_rows(server.store), calls, 0)
-        for path in _file_log_paths(server.config):
+        for path in _file_log_paths(server.config) if server.config else ():
             d.sinks["file-log lines"] = (_lines(path), calls, 0)
-        assert variant.config is not None
         for endpoint, sink in fake_upstream.SINKS.items():
-            if f"- name: {sink.plugin}\n" in variant.config:
+            if f"- name: {sink.plugin}\n" in (variant.config or ""):
                 got = by_endpoint.get(endpoint, {})
                 d.sinks[sink.name] = (got.get("items", 0), calls, got.get("requests", 0))
                 d.unreadable += got.get("unreadable", 0)
@@ -509,32 +604,43 @@ def report(args: argparse.Namespace, info: dict[str, str], results: dict[str, Me
         row = f"{name:{width}}"
         for c in CONCURRENCY:
             row += f"  {m.median(c, 'rps'):8.1f}{m.median(c, 'p50'):9.2f}{m.median(c, 'p99'):9.2f}"
-        mark = "*" if name == BARE.name else " "
+        mark = "*" if name in BASELINES else " "
         lines.append(f"{row}  {m.ttft_p50():7.2f}{mark} {m.cpu_ms_per_call():7.3f}")
-    lines.append(
-        f"* {BARE.name} TTFT: {BARE_STREAMING.summary} (without it mitmdump holds a stream "
-        "back until its end)"
-    )
+    for name in results:
+        if name in BASELINES:
+            lines.append(
+                f"* {name} TTFT: {BASELINES[name][1].summary} (without it mitmdump holds a "
+                "stream back until its end)"
+            )
     lines.append(
         "CPU ms/call: the mitmdump process's CPU time (all its threads) during its wrk runs, "
         "per request completed"
     )
 
-    bare = results[BARE.name]
+    by_name = {v.name: v for v in VARIANTS}
     # the label column fits the longest "throughput at c=16 (variant/bare)"
-    label = max(36, *(len(f"throughput at c={HIGH} ({n}/{BARE.name})") for n in results))
+    label = max(
+        36,
+        *(
+            len(f"throughput at c={HIGH} ({n}/{by_name[n].baseline})")
+            for n in results
+            if n in by_name
+        ),
+    )
     for name, m in results.items():
-        if name == BARE.name:
+        if name in BASELINES:
             continue
+        base_name = by_name[name].baseline
+        bare = results[base_name]
         ratio = m.median(HIGH, "rps") / bare.median(HIGH, "rps")
         p50 = m.median(LOW, "p50") - bare.median(LOW, "p50")
         ttft = m.ttft_p50() - bare.ttft_p50()
         failed = bool(m.errors() or bare.errors())
         lines += [
             "",
-            f"{name + ' vs ' + BARE.name:<{label + 2}}{'measured':>10}   {'target':<11} verdict",
+            f"{name + ' vs ' + base_name:<{label + 2}}{'measured':>10}   {'target':<11} verdict",
             _row(
-                f"throughput at c={HIGH} ({name}/{BARE.name})",
+                f"throughput at c={HIGH} ({name}/{base_name})",
                 f"{ratio:.2f}x",
                 f">= {MIN_THROUGHPUT_RATIO:.2f}x",
                 "ERRORS" if failed else verdict(ratio >= MIN_THROUGHPUT_RATIO),
@@ -573,7 +679,7 @@ def report(args: argparse.Namespace, info: dict[str, str], results: dict[str, Me
                 )
         if failed:
             lines.append(
-                f"  ! {m.errors()} {name} and {bare.errors()} {BARE.name} requests failed under "
+                f"  ! {m.errors()} {name} and {bare.errors()} {base_name} requests failed under "
                 "load (non-2xx or socket errors): the load figures are not comparable"
             )
     lines += _relative(results)
@@ -701,6 +807,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def baselines_of(variants: list[Variant]) -> list[Variant]:
+    """The bare mitmdumps `variants` are judged against: for each baseline they name, its
+    load variant and its streaming one (`variants.BASELINES`)."""
+    names = dict.fromkeys(v.baseline for v in variants)
+    return [b for name in names for b in BASELINES[name]]
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through Processes, which stops the children
 
@@ -710,7 +823,8 @@ def main(argv: list[str] | None = None) -> int:
     if wrk_path() is None:
         print(WRK_INSTALL_HINT, file=sys.stderr)
         return 2
-    for variant in [BARE, *args.variants]:
+    baselines = baselines_of(args.variants)
+    for variant in [*baselines, *args.variants]:
         if variant.fake_endpoint not in fake_upstream.ENDPOINTS:
             print(
                 f"variant {variant.name}: the fake has no {variant.fake_endpoint}", file=sys.stderr
@@ -723,13 +837,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print("starting the fake upstream, bare mitmdump and the gateway...", flush=True)
             fake_port = start_fake(procs, args)
-            bare = start_mitmdump(procs, BARE, fake_port, workdir)
-            bare_streaming = start_mitmdump(procs, BARE_STREAMING, fake_port, workdir)
+            bares = [start_mitmdump(procs, v, fake_port, workdir) for v in baselines]
             gateways = [start_mitmdump(procs, v, fake_port, workdir) for v in args.variants]
-            for server in [bare, bare_streaming, *gateways]:
+            for server in [*bares, *gateways]:
                 print(f"  {server.variant.summary}: port {server.port}, pid {server.pid}")
             print("measuring...", flush=True)
-            results = measure(args, procs, [bare, *gateways], [bare_streaming, *gateways], workdir)
+            # each baseline: one mitmdump for load and latency, one for time to first token
+            loaded = [s for s in bares if any(s.variant is b[0] for b in BASELINES.values())]
+            streamed = [s for s in bares if s not in loaded]
+            results = measure(args, procs, [*loaded, *gateways], [*streamed, *gateways], workdir)
             if any(server.variant.tagged for server in gateways):
                 print("waiting for the sinks to receive every record...", flush=True)
             sinks = wait_delivered(fake_port, gateways)

@@ -17,6 +17,15 @@ The sink variants (`no-sink`, `store`, `file-log`, `opik`, `langfuse`, `otlp`,
 `http-log`, `http-log-batch`, `all-sinks`) share one route and differ only in their
 global log plugins and whether the embedded store is on; each is compared with
 `no-sink`, so the report shows what that sink costs over none.
+
+The forward-proxy variants (`observe-off`, `observe-no-store`, `observe`) run mitmdump
+in regular mode, as an app's `HTTPS_PROXY` would use it: clients send absolute-form
+requests (`POST http://127.0.0.1:FAKE/v1/chat/completions`) through the proxy to the
+fake, which observe mode knows as an LLM host (`llmitm_observe_hosts`, `$fake` standing
+for the fake's `127.0.0.1:port`), under the variant's tag (`/observe/v1/chat/completions`)
+so that the fake counts each variant's calls, against which the store's rows are checked.
+They are compared with bare mitmdump in regular mode (`bare-forward`), not with the
+reverse-proxy `bare`.
 """
 
 from __future__ import annotations
@@ -59,6 +68,13 @@ class Variant:
     #: also report this variant's cost over another one (e.g. a translated route over
     #: the plain OpenAI route), when both ran
     compare_to: str | None = None
+    #: mitmdump's mode: "reverse" (clients call the proxy as if it were the API) or
+    #: "regular" (a forward proxy: clients send absolute-form requests for the fake)
+    mode: str = "reverse"
+    #: load the gateway (`-s addons/gateway.py`); None: when the variant has a config
+    gateway: bool | None = None
+    #: the bare mitmdump this variant is judged against (a key of `BASELINES`)
+    baseline: str = "bare"
 
     def render_config(self, upstream: str, workdir: Path) -> str:
         assert self.config is not None
@@ -67,8 +83,19 @@ class Variant:
         )
 
     @property
+    def uses_gateway(self) -> bool:
+        return self.gateway if self.gateway is not None else self.config is not None
+
+    @property
+    def forward(self) -> bool:
+        return self.mode == "regular"
+
+    @property
     def tagged(self) -> bool:
-        """Whether the fake can tell this variant's requests apart (`$upstream/$variant`)."""
+        """Whether the fake can tell this variant's requests apart (`$upstream/$variant`;
+        a forward-proxy gateway's clients send theirs to the fake under that tag)."""
+        if self.forward:
+            return self.uses_gateway
         return self.config is not None and "$upstream/$variant/" in self.config
 
     def body(self, stream: bool = False) -> bytes:
@@ -91,6 +118,27 @@ BARE_STREAMING = Variant(
     "mitmdump, no addon, stream_large_bodies=1",
     mitmdump_args=("--set", "stream_large_bodies=1"),
 )
+
+#: The same two, in regular (forward proxy) mode: the baselines of observe mode.
+BARE_FORWARD = Variant(
+    "bare-forward",
+    "mitmdump, no addon, forward proxy (regular mode) to the fake",
+    mode="regular",
+    baseline="bare-forward",
+)
+BARE_FORWARD_STREAMING = Variant(
+    "bare-forward",
+    "mitmdump, no addon, forward proxy, stream_large_bodies=1",
+    mode="regular",
+    baseline="bare-forward",
+    mitmdump_args=("--set", "stream_large_bodies=1"),
+)
+
+#: baseline name -> (its variant for load and latency, its variant for time to first token)
+BASELINES: dict[str, tuple[Variant, Variant]] = {
+    "bare": (BARE, BARE_STREAMING),
+    "bare-forward": (BARE_FORWARD, BARE_FORWARD_STREAMING),
+}
 
 OPENAI_FILE_LOG = """\
 _format_version: "3.0"
@@ -194,6 +242,26 @@ def _sink_variant(name: str, summary: str, *sinks: str, store: bool = False) -> 
     )
 
 
+#: observe mode's host entry for the fake (`$fake` is its 127.0.0.1:port): a local
+#: server speaking OpenAI's `/v1` format, as Ollama or vLLM do on their own port
+OBSERVE_FAKE = ("--set", "llmitm_observe_hosts=$fake=ollama")
+
+
+def _forward_variant(name: str, summary: str, *args: str, compare_to: str | None = None) -> Variant:
+    """The gateway in regular (forward) mode, without a config file: what
+    `mitmdump -s addons/gateway.py` gives a user who points an app's HTTPS_PROXY at it."""
+    return Variant(
+        name,
+        summary,
+        mode="regular",
+        gateway=True,
+        baseline="bare-forward",
+        mitmdump_args=(*OBSERVE_FAKE, *args),
+        default=False,
+        compare_to=compare_to,
+    )
+
+
 #: The gateway setups under test, each compared with the baselines above.
 VARIANTS: list[Variant] = [
     Variant("gateway", "ai-proxy to OpenAI (pass-through) + global file-log", OPENAI_FILE_LOG),
@@ -228,5 +296,24 @@ VARIANTS: list[Variant] = [
         "otlp",
         "http-log",
         store=True,
+    ),
+    # observe mode in forward-proxy mode, against bare mitmdump in regular mode
+    _forward_variant(
+        "observe-off",
+        "gateway loaded in forward mode, observe mode off, store off",
+        "--set",
+        "llmitm_observe=false",
+        *NO_STORE,
+    ),
+    _forward_variant(
+        "observe-no-store",
+        "forward mode, observe mode on, no sink (the record is built, then dropped)",
+        *NO_STORE,
+        compare_to="observe-off",
+    ),
+    _forward_variant(
+        "observe",
+        "forward mode, observe mode on, records in the embedded store (the default)",
+        compare_to="observe-no-store",
     ),
 ]
