@@ -17,7 +17,8 @@ plugins' config models.
 
 mitmproxy sees one addon, `PolicyChain`, not one per policy: it calls every event on
 every addon of its chain (a coroutine, two generators and a context manager each time),
-which for a dozen policies cost more per call than the whole gateway did before them.
+which for a dozen policies cost 0.54 M instructions per call, configured or not
+(README, Architecture).
 The chain calls a policy's hook only when the policy's plugin runs for the call, in
 Kong's order, and fails closed: a policy that raises during the request refuses the
 request (500) instead of letting it through unchecked.
