@@ -63,6 +63,15 @@ def _check(args: argparse.Namespace) -> int:
         plugins = ", ".join(route.plugins) or "no plugins"
         where = " ".join(route.paths or route.hosts or route.methods) or "(headers)"
         print(f"  {route.name}: {where} [{plugins}]")
+    for consumer in config.consumers:
+        keys = sum(1 for c in config.credentials.values() if c.consumer is consumer)
+        own = {
+            *consumer.plugins,
+            *(n for group in consumer.service_plugins.values() for n in group),
+            *(n for group in consumer.route_plugins.values() for n in group),
+        }
+        plugins = f" [{', '.join(sorted(own))}]" if own else ""
+        print(f"  consumer {consumer.name}: {keys} key(s){plugins}")
     return 0
 
 
