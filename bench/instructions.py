@@ -22,6 +22,13 @@ The log plugins send their records in batches, a second or so after the calls: t
 count starts once the warm-up's records are out and stops once the counted calls'
 records are (for a variant the fake tells apart, when its sinks have received them
 all; otherwise after `SETTLE` seconds), so each call's sink work is counted once.
+
+Every call must succeed: a counted call answered with anything but a 200 (a policy
+variant's 401 or 429, say) is reported and fails the run (exit status 1), and for a
+variant the fake tells apart, the calls the fake received must be exactly the calls
+sent (every call went through the whole chain to the upstream). A variant's `headers`
+(the consumer's API key) go with every request; a variant that names `$redis_port`
+gets a `redis-server` the harness starts.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import fake_upstream
@@ -46,7 +55,9 @@ from run import (
     delivery_report,
     mitmdump_options,
     mitmdump_path,
+    redis_report,
     start_fake,
+    start_redis,
 )
 from variants import BASELINES, VARIANTS, Variant
 
@@ -89,6 +100,20 @@ def totals(out: Path) -> list[int]:
     return counts
 
 
+@dataclass(slots=True)
+class Counted:
+    """What `count` measured for one mitmdump."""
+
+    #: instructions for the non-streamed calls, and for the streamed ones (None: none)
+    plain: int | None
+    stream: int | None
+    #: what its sinks received (None: the fake cannot tell its calls apart)
+    sinks: Delivered | None
+    #: problems that make the figures suspect: calls that were not a 200, calls that did
+    #: not reach the fake
+    problems: list[str] = field(default_factory=list)
+
+
 def count(
     procs: Processes,
     variant: Variant,
@@ -96,12 +121,14 @@ def count(
     workdir: Path,
     calls: int,
     stream_calls: int = 0,
-) -> tuple[int | None, int | None, Delivered | None]:
+    redis_port: int | None = None,
+) -> Counted:
     """Instructions the mitmdump of `variant` executes for `calls` non-streamed calls,
-    then for `stream_calls` streamed ones (None when 0), and what its sinks received."""
+    then for `stream_calls` streamed ones, what its sinks received, and whether every
+    call succeeded."""
     port = free_port()
     out = workdir / f"callgrind-{variant.name}-{port}.out"  # a baseline's two share a name
-    args, options = mitmdump_options(variant, fake_port, port, workdir)
+    args, options = mitmdump_options(variant, fake_port, port, workdir, redis_port)
     argv = [
         "valgrind",
         "--tool=callgrind",
@@ -132,22 +159,26 @@ def count(
         )
 
     sinks = None
+    statuses: Counter[int] = Counter()
+    warmup, stream_warmup = 20, 5 if stream_calls else 0
     with server.connect(timeout=120) as conn:
-        for _ in range(20):  # warm-up: imports, first connections, caches
-            status, _ = conn.post(server.target, body)
-            assert status == 200, f"{variant.name}: status {status}"
-        for _ in range(5 if stream_calls else 0):
+        for _ in range(warmup):  # warm-up: imports, first connections, caches
+            status, answer = conn.post(server.target, body)
+            if status != 200:
+                raise RuntimeError(f"{variant.name}: status {status} in the warm-up: {answer!r}")
+        for _ in range(stream_warmup):
             timed_stream(conn, server.target, streamed)
         settle(fake_port, server)
         control("-i", "on")
         for _ in range(calls):
-            conn.post(server.target, body)
+            status, _ = conn.post(server.target, body)
+            statuses[status] += 1
         if calls:
             sinks = settle(fake_port, server)
         if calls and stream_calls:
             control("-d")  # the non-streamed calls' part; counting goes on from zero
         for _ in range(stream_calls):
-            timed_stream(conn, server.target, streamed)
+            timed_stream(conn, server.target, streamed)  # raises on anything but a 200
         if stream_calls:
             sinks = settle(fake_port, server)
         control("-i", "off")
@@ -155,9 +186,22 @@ def count(
     parts = totals(out)
     if not parts or parts[-1] == 0 or (calls and stream_calls and len(parts) < 2):
         raise RuntimeError(f"no callgrind totals for {variant.name}: {proc.output_tail()}")
+    problems = [
+        f"{variant.name}: {n} of {calls} counted calls answered {status}"
+        for status, n in sorted(statuses.items())
+        if status != 200
+    ]
+    if sinks is not None:
+        sent = warmup + stream_warmup + calls + stream_calls
+        if sinks.calls != sent:
+            problems.append(
+                f"{variant.name}: the fake received {sinks.calls} calls of the {sent} sent"
+            )
     if calls and stream_calls:
-        return parts[0], parts[-1], sinks
-    return (parts[-1], None, sinks) if calls else (None, parts[-1], sinks)
+        return Counted(parts[0], parts[-1], sinks, problems)
+    if calls:
+        return Counted(parts[-1], None, sinks, problems)
+    return Counted(None, parts[-1], sinks, problems)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,9 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="llmitm-instr-") as tmp, Processes(Path(tmp)) as procs:
         workdir = Path(tmp)
         fake_port = start_fake(procs, settings)
+        redis_port = start_redis(procs) if any(v.needs_redis for v in variants) else None
         counts: dict[str, float] = {}
         stream_counts: dict[str, float] = {}
         sinks: dict[str, Delivered] = {}
+        problems: list[str] = []
         for variant in [*baselines_of(variants), *variants]:
             if variant.name in BASELINES and variant is BASELINES[variant.name][1]:
                 if not args.stream_calls:
@@ -210,13 +256,17 @@ def main(argv: list[str] | None = None) -> int:
             if not calls:
                 what = f"{stream_calls} streamed calls, stream_large_bodies=1"
             print(f"  counting {variant.name} ({what})...", flush=True)
-            plain, stream, received = count(procs, variant, fake_port, workdir, calls, stream_calls)
-            if plain is not None:
-                counts[variant.name] = plain / calls
-            if stream is not None:
-                stream_counts[variant.name] = stream / stream_calls
-            if received is not None:
-                sinks[variant.name] = received
+            counted = count(
+                procs, variant, fake_port, workdir, calls, stream_calls, redis_port=redis_port
+            )
+            if counted.plain is not None:
+                counts[variant.name] = counted.plain / calls
+            if counted.stream is not None:
+                stream_counts[variant.name] = counted.stream / stream_calls
+            if counted.sinks is not None:
+                sinks[variant.name] = counted.sinks
+            problems += counted.problems
+        redis = redis_report(redis_port)
     print(f"\ninstructions per non-streamed call, mitmdump process only ({args.calls} calls)")
     print("\n".join(per_call_report(counts)))
     if stream_counts:
@@ -225,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             "each; bare: stream_large_bodies=1)"
         )
         print("\n".join(per_call_report(stream_counts)))
-    print("\n".join(delivery_report(sinks)))
+    print("\n".join(delivery_report(sinks) + redis))
+    if problems:
+        print("\n! some calls failed or did not reach the fake: the figures are not comparable")
+        print("\n".join(f"  {p}" for p in problems))
+        return 1
     return 0
 
 
@@ -241,9 +295,9 @@ def per_call_report(counts: dict[str, float]) -> list[str]:
         if base_name in counts:
             base = counts[base_name]
             line += f"   {per_call / base:5.2f}x {base_name:12s} {(per_call - base) / 1e6:+7.3f} M"
-        other = by_name[name].compare_to if name in by_name else None
-        if other in counts:
-            line += f"   {(per_call - counts[other]) / 1e6:+7.3f} M over {other}"
+        for other in by_name[name].compared_with if name in by_name else ():
+            if other in counts:
+                line += f"   {(per_call - counts[other]) / 1e6:+7.3f} M over {other}"
         lines.append(line)
     return lines
 

@@ -14,6 +14,11 @@ The forward-proxy variants (observe mode) run mitmdump in regular mode instead; 
 clients send absolute-form requests for the fake through it (wrk with a generated Lua
 script that sets the request target, and `ForwardConnection`), and they are compared
 with bare mitmdump in regular mode (`bare-forward`).
+
+A variant's `headers` (the policy variants: the consumer's API key) go with every
+request of every client: wrk (a generated script), the TTFT client and the start check
+(`ClientConnection`). A variant whose config names `$redis_port` gets a `redis-server`
+the harness starts on a free port and stops at the end.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -45,7 +51,6 @@ from loadgen import (
     Connection,
     HTTPError,
     WrkResult,
-    measure_ttft,
     parse_wrk,
     run_wrk,
     timed_stream,
@@ -100,25 +105,50 @@ class Server:
         return self.variant.client_path
 
     def connect(self, timeout: float = 30.0) -> Connection:
+        headers = self.variant.headers
         if self.variant.forward:
-            return ForwardConnection(self.port, f"{HOST}:{self.fake_port}", timeout)
+            return ForwardConnection(self.port, f"{HOST}:{self.fake_port}", timeout, headers)
+        if headers:
+            return ClientConnection(self.port, timeout, headers)
         return Connection(self.port, timeout=timeout)
 
 
-class ForwardConnection(Connection):
-    """A client of a forward proxy: the request target is an absolute URL (`path`) and
-    the Host header names the destination, as HTTP clients send them to a proxy."""
+class ClientConnection(Connection):
+    """`loadgen.Connection` that sends extra headers with every request (a variant's
+    `headers`, e.g. a consumer's API key) and names `host` in the Host header."""
 
-    def __init__(self, port: int, destination: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
+        host: str | None = None,
+    ) -> None:
         super().__init__(port, timeout=timeout)
-        self.destination = destination
+        self.host = host or f"{HOST}:{port}"
+        self.extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
 
     def send(self, path: str, body: bytes) -> None:
         head = (
-            f"POST {path} HTTP/1.1\r\nhost: {self.destination}\r\n"
+            f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\n{self.extra}"
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
         )
         self.sock.sendall(head.encode() + body)
+
+
+class ForwardConnection(ClientConnection):
+    """A client of a forward proxy: the request target is an absolute URL (`path`) and
+    the Host header names the destination, as HTTP clients send them to a proxy."""
+
+    def __init__(
+        self,
+        port: int,
+        destination: str,
+        timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(port, timeout, headers, host=destination)
+        self.destination = destination
 
 
 @dataclass(slots=True)
@@ -219,8 +249,74 @@ def start_fake(procs: Processes, args: argparse.Namespace) -> int:
     return port
 
 
+def start_redis(procs: Processes) -> int:
+    """A throwaway `redis-server` on a free port of 127.0.0.1 (no persistence), for the
+    variants whose config names `$redis_port`; `procs` stops it at the end."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise StartupError(
+            "redis-server is not installed (a policy variant needs it): "
+            "sudo apt-get install -y redis-server"
+        )
+    port = free_port()
+    argv = [exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    procs.start("redis-server", argv, port)
+    return port
+
+
+def redis_stats(port: int) -> dict[str, str]:
+    """`INFO stats` and `INFO commandstats` of the harness's redis-server (what the
+    gateways asked of it), as name -> value; empty when it cannot be read."""
+    try:
+        with socket.create_connection((HOST, port), timeout=5) as sock:
+            out = b""
+            for section in (b"stats", b"commandstats"):
+                sock.sendall(b"INFO " + section + b"\r\n")
+                head = b""
+                while not head.endswith(b"\r\n"):
+                    head += sock.recv(1)
+                size = int(head[1:-2])
+                body = b""
+                while len(body) < size + 2:
+                    body += sock.recv(65536)
+                out += body
+    except (OSError, ValueError):
+        return {}
+    stats = {}
+    for line in out.decode(errors="replace").splitlines():
+        name, sep, value = line.partition(":")
+        if sep and not name.startswith("#"):
+            stats[name] = value
+    return stats
+
+
+def redis_report(port: int | None) -> list[str]:
+    """One line: what the redis-server did during the run (its scripts are the policies'
+    check-and-count calls)."""
+    if port is None:
+        return []
+    stats = redis_stats(port)
+    if not stats:
+        return ["", f"redis-server (port {port}): could not read its stats"]
+    calls = {
+        name.removeprefix("cmdstat_"): value.split(",", 1)[0].removeprefix("calls=")
+        for name, value in stats.items()
+        if name.startswith("cmdstat_")
+    }
+    listed = ", ".join(f"{name} {n}" for name, n in sorted(calls.items()))
+    return [
+        "",
+        f"redis-server (port {port}): {stats.get('total_commands_processed', '?')} commands "
+        f"({listed or 'none'}), {stats.get('total_connections_received', '?')} connections",
+    ]
+
+
 def mitmdump_options(
-    variant: Variant, fake_port: int, port: int, workdir: Path
+    variant: Variant,
+    fake_port: int,
+    port: int,
+    workdir: Path,
+    redis_port: int | None = None,
 ) -> tuple[list[str], dict[str, str | None]]:
     """mitmdump's arguments for `variant` (after the program's name), and the `--set`
     options among them, each given once.
@@ -240,7 +336,7 @@ def mitmdump_options(
     else:
         target = f"http://{HOST}:9"  # unused: the gateway does its own upstream I/O
         config = workdir / f"{variant.name}-{port}.yaml"
-        config.write_text(variant.render_config(f"http://{HOST}:{fake_port}", workdir))
+        config.write_text(variant.render_config(f"http://{HOST}:{fake_port}", workdir, redis_port))
         options["llmitm_config"] = str(config)
     if variant.uses_gateway:
         argv += ["-s", str(GATEWAY_SCRIPT)]
@@ -270,10 +366,16 @@ def mitmdump_options(
     return argv + extra, options
 
 
-def start_mitmdump(procs: Processes, variant: Variant, fake_port: int, workdir: Path) -> Server:
+def start_mitmdump(
+    procs: Processes,
+    variant: Variant,
+    fake_port: int,
+    workdir: Path,
+    redis_port: int | None = None,
+) -> Server:
     """Start mitmdump for `variant` (bare when it has no config) and check it answers."""
     port = free_port()
-    args, options = mitmdump_options(variant, fake_port, port, workdir)
+    args, options = mitmdump_options(variant, fake_port, port, workdir, redis_port)
     argv = [mitmdump_path(), *args]
     name = f"mitmdump ({variant.summary})"
     # Import the gateway from this checkout, even when the venv's editable install of
@@ -308,23 +410,28 @@ def check(server: Server) -> None:
         timed_stream(conn, server.target, variant.body(stream=True))
 
 
-def forward_script(server: Server, workdir: Path) -> Path:
-    """wrk's script for a forward proxy: `post.lua`, then the fake's absolute URL as
-    the request target and its address as the Host header (wrk itself connects to the
-    proxy, the URL it is given)."""
-    path = workdir / f"forward-{server.variant.name}-{server.port}.lua"
-    path.write_text(
-        f"dofile({json.dumps(str(LUA_SCRIPT))})\n"
-        f"wrk.path = {json.dumps(server.target)}\n"
-        f'wrk.headers["Host"] = "{HOST}:{server.fake_port}"\n'
-    )
+def wrk_script(server: Server, workdir: Path) -> Path:
+    """wrk's script for a forward proxy or a variant with `headers`: `post.lua`, then
+    for a forward proxy the fake's absolute URL as the request target and its address
+    as the Host header (wrk itself connects to the proxy, the URL it is given), then the
+    variant's headers."""
+    variant = server.variant
+    path = workdir / f"wrk-{variant.name}-{server.port}.lua"
+    lines = [f"dofile({json.dumps(str(LUA_SCRIPT))})"]
+    if variant.forward:
+        lines += [
+            f"wrk.path = {json.dumps(server.target)}",
+            f'wrk.headers["Host"] = "{HOST}:{server.fake_port}"',
+        ]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in variant.headers.items()]
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def run_load(server: Server, body_file: Path, connections: int, duration: float) -> WrkResult:
-    """wrk against `server`: `loadgen.run_wrk`, or for a forward proxy the same run with
-    the forward script (written next to the body file)."""
-    if not server.variant.forward:
+    """wrk against `server`: `loadgen.run_wrk`, or for a forward proxy or a variant with
+    headers the same run with its own script (`wrk_script`, next to the body file)."""
+    if not server.variant.forward and not server.variant.headers:
         return run_wrk(server.url, body_file, connections, duration)
     exe = wrk_path()
     if exe is None:
@@ -338,8 +445,8 @@ def run_load(server: Server, body_file: Path, connections: int, duration: float)
         "10s",
         "--latency",
         "-s",
-        str(forward_script(server, body_file.parent)),
-        f"http://{HOST}:{server.port}/",
+        str(wrk_script(server, body_file.parent)),
+        f"http://{HOST}:{server.port}/" if server.variant.forward else server.url,
     ]
     env = {**os.environ, "BENCH_BODY": str(body_file)}
     done = subprocess.run(
@@ -351,9 +458,8 @@ def run_load(server: Server, body_file: Path, connections: int, duration: float)
 
 
 def first_tokens(server: Server, body: bytes, count: int, warmup: int = 5) -> list[float]:
-    """`loadgen.measure_ttft` through `server`'s kind of connection (forward or not)."""
-    if not server.variant.forward:
-        return measure_ttft(server.port, server.variant.client_path, body, count, warmup)
+    """`loadgen.measure_ttft` through `server`'s kind of connection (forward or not,
+    with the variant's headers)."""
     with server.connect() as conn:
         for _ in range(warmup):
             timed_stream(conn, server.target, body)
@@ -691,27 +797,36 @@ def _relative(results: dict[str, Measured]) -> list[str]:
     lines: list[str] = []
     by_name = {v.name: v for v in VARIANTS}
     for name, m in results.items():
-        base_name = by_name[name].compare_to if name in by_name else None
-        base = results.get(base_name) if base_name else None
-        if base is None:
-            continue
-        lines += [
-            "",
-            f"{name} vs {base_name}: throughput at c={HIGH} "
-            f"{m.median(HIGH, 'rps') / base.median(HIGH, 'rps'):.2f}x, "
-            f"added p50 at c={LOW} {m.median(LOW, 'p50') - base.median(LOW, 'p50'):+.2f} ms, "
-            f"added TTFT p50 {m.ttft_p50() - base.ttft_p50():+.2f} ms, "
-            f"added CPU {m.cpu_ms_per_call() - base.cpu_ms_per_call():+.3f} ms/call",
-        ]
-        if len(m.wrk[HIGH]) > 1:
-            rounds = zip(m.wrk[HIGH], base.wrk[HIGH], m.wrk[LOW], base.wrk[LOW], strict=True)
-            lines.append(
-                "  per round (throughput, added p50): "
-                + ", ".join(
-                    f"{g_high.rps / b_high.rps:.2f}x {g_low.p50 - b_low.p50:+.2f} ms"
-                    for g_high, b_high, g_low, b_low in rounds
-                )
+        for base_name in by_name[name].compared_with if name in by_name else ():
+            if base_name in results:
+                lines += _relative_to(name, m, base_name, results[base_name])
+    return lines
+
+
+def _relative_to(name: str, m: Measured, base_name: str, base: Measured) -> list[str]:
+    """One `compare_to` line: `name`'s cost over `base_name`."""
+    lines = [
+        "",
+        f"{name} vs {base_name}: throughput at c={HIGH} "
+        f"{m.median(HIGH, 'rps') / base.median(HIGH, 'rps'):.2f}x, "
+        f"added p50 at c={LOW} {m.median(LOW, 'p50') - base.median(LOW, 'p50'):+.2f} ms, "
+        f"added TTFT p50 {m.ttft_p50() - base.ttft_p50():+.2f} ms, "
+        f"added CPU {m.cpu_ms_per_call() - base.cpu_ms_per_call():+.3f} ms/call",
+    ]
+    if len(m.wrk[HIGH]) > 1:
+        rounds = zip(m.wrk[HIGH], base.wrk[HIGH], m.wrk[LOW], base.wrk[LOW], strict=True)
+        lines.append(
+            "  per round (throughput, added p50): "
+            + ", ".join(
+                f"{g_high.rps / b_high.rps:.2f}x {g_low.p50 - b_low.p50:+.2f} ms"
+                for g_high, b_high, g_low, b_low in rounds
             )
+        )
+    if m.errors() or base.errors():
+        lines.append(
+            f"  ! {m.errors()} {name} and {base.errors()} {base_name} requests failed under "
+            "load: not comparable"
+        )
     return lines
 
 
@@ -832,13 +947,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     signal.signal(signal.SIGTERM, _terminate)
     info = machine()
+    redis_port: int | None = None
     with tempfile.TemporaryDirectory(prefix="llmitm-bench-") as tmp, Processes(Path(tmp)) as procs:
         workdir = Path(tmp)
         try:
             print("starting the fake upstream, bare mitmdump and the gateway...", flush=True)
             fake_port = start_fake(procs, args)
+            if any(v.needs_redis for v in args.variants):
+                redis_port = start_redis(procs)
+                print(f"  redis-server: port {redis_port}")
             bares = [start_mitmdump(procs, v, fake_port, workdir) for v in baselines]
-            gateways = [start_mitmdump(procs, v, fake_port, workdir) for v in args.variants]
+            gateways = [
+                start_mitmdump(procs, v, fake_port, workdir, redis_port) for v in args.variants
+            ]
             for server in [*bares, *gateways]:
                 print(f"  {server.variant.summary}: port {server.port}, pid {server.pid}")
             print("measuring...", flush=True)
@@ -850,6 +971,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("waiting for the sinks to receive every record...", flush=True)
             sinks = wait_delivered(fake_port, gateways)
             logs = gateway_logs(gateways)
+            redis = redis_report(redis_port)
         except StartupError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -861,7 +983,7 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     print()
     print(report(args, info, results))
-    print("\n".join(delivery_report(sinks)))
+    print("\n".join(delivery_report(sinks) + redis))
     if logs:
         print("\ngateway warnings and errors (their last lines):")
         print(logs)

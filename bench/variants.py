@@ -26,6 +26,16 @@ for the fake's `127.0.0.1:port`), under the variant's tag (`/observe/v1/chat/com
 so that the fake counts each variant's calls, against which the store's rows are checked.
 They are compared with bare mitmdump in regular mode (`bare-forward`), not with the
 reverse-proxy `bare`.
+
+The policy variants (`policies-local`, `policies-redis`, `policies-ai-limit`) are the
+`no-sink` route with the policy chain of issue 7 on it: key-auth (the clients send the
+consumer's key, `Variant.headers`), rate-limiting, ai-prompt-guard, ai-prompt-decorator
+(and ai-rate-limiting-advanced), every limit far above what the bench sends, so that
+every call passes the whole chain and reaches the fake. Each is compared with `no-sink`.
+`policies-redis` keeps its counters in a `redis-server` the harness starts on a free
+port (`$redis_port` in a config; `Variant.needs_redis`), with `fault_tolerant: false`:
+if Redis failed, the calls would fail (and be counted as errors) instead of passing
+uncounted.
 """
 
 from __future__ import annotations
@@ -75,12 +85,33 @@ class Variant:
     gateway: bool | None = None
     #: the bare mitmdump this variant is judged against (a key of `BASELINES`)
     baseline: str = "bare"
+    #: headers every client request carries (wrk, the TTFT client, instructions.py),
+    #: e.g. a consumer's API key
+    headers: dict[str, str] = field(default_factory=dict)
+    #: further variants to report this one's cost over, after `compare_to`
+    also_compare_to: tuple[str, ...] = ()
 
-    def render_config(self, upstream: str, workdir: Path) -> str:
+    def render_config(self, upstream: str, workdir: Path, redis_port: int | None = None) -> str:
         assert self.config is not None
+        if self.needs_redis and redis_port is None:
+            raise ValueError(f"variant {self.name} needs a redis-server ($redis_port)")
         return Template(self.config).substitute(
-            upstream=upstream, workdir=str(workdir), variant=self.name
+            upstream=upstream,
+            workdir=str(workdir),
+            variant=self.name,
+            redis_port=str(redis_port or 0),
         )
+
+    @property
+    def needs_redis(self) -> bool:
+        """Whether the config names the harness's redis-server (`$redis_port`)."""
+        return self.config is not None and "$redis_port" in self.config
+
+    @property
+    def compared_with(self) -> tuple[str, ...]:
+        """The variants this one's cost is reported over (`compare_to`, then
+        `also_compare_to`)."""
+        return (*((self.compare_to,) if self.compare_to else ()), *self.also_compare_to)
 
     @property
     def uses_gateway(self) -> bool:
@@ -242,6 +273,88 @@ def _sink_variant(name: str, summary: str, *sinks: str, store: bool = False) -> 
     )
 
 
+# The policy variants: the `no-sink` route with issue 7's chain on it. Every limit is far
+# above what the bench sends (a few hundred calls a second at most), and the guard's
+# patterns do not match the bench's request: every call passes every policy.
+
+#: the bench consumer's API key, sent as OpenAI SDK clients send theirs
+BENCH_KEY = "bench-key-7d41c09e2b5a"
+BENCH_HEADERS = {"Authorization": f"Bearer {BENCH_KEY}"}
+
+POLICY_KEY_AUTH = """\
+          - name: key-auth
+            config:
+              key_names: [apikey, authorization]
+              hide_credentials: true
+"""
+POLICY_RATE_LIMITING_LOCAL = """\
+          - name: rate-limiting
+            config:
+              second: 1000000
+              limit_by: consumer
+              policy: local
+"""
+POLICY_RATE_LIMITING_REDIS = """\
+          - name: rate-limiting
+            config:
+              second: 1000000
+              limit_by: consumer
+              policy: redis
+              redis: {host: 127.0.0.1, port: $redis_port}
+              fault_tolerant: false
+"""
+POLICY_PROMPTS = """\
+          - name: ai-prompt-guard
+            config:
+              deny_patterns:
+                - '(?i)ignore (all |any )?(previous|prior) instructions'
+                - '(?i)\\bpassword\\b'
+                - '(?i)reveal (your|the) system prompt'
+                - '\\b\\d{4}[ -]?\\d{4}[ -]?\\d{4}[ -]?\\d{4}\\b'
+          - name: ai-prompt-decorator
+            config:
+              prompts:
+                prepend:
+                  - role: system
+                    content: You are a helpful assistant. Answer in one paragraph.
+"""
+POLICY_AI_RATE_LIMITING = """\
+          - name: ai-rate-limiting-advanced
+            config:
+              identifier: consumer
+              tokens_count_strategy: total_tokens
+              llm_providers:
+                - name: openai
+                  limit: [1000000000]
+                  window_size: [3600]
+"""
+POLICY_CONSUMERS = f"""\
+consumers:
+  - username: bench
+    keyauth_credentials:
+      - key: {BENCH_KEY}
+"""
+
+
+def with_policies(*plugins: str) -> str:
+    """The `no-sink` route (the tagged OpenAI route) with these route plugins, and the
+    bench consumer."""
+    return TAGGED_OPENAI + "".join(plugins) + POLICY_CONSUMERS
+
+
+def _policy_variant(name: str, summary: str, *plugins: str, **kw: Any) -> Variant:
+    return Variant(
+        name,
+        summary,
+        with_policies(POLICY_KEY_AUTH, *plugins),
+        mitmdump_args=NO_STORE,
+        default=False,
+        compare_to="no-sink",
+        headers=dict(BENCH_HEADERS),
+        **kw,
+    )
+
+
 #: observe mode's host entry for the fake (`$fake` is its 127.0.0.1:port): a local
 #: server speaking OpenAI's `/v1` format, as Ollama or vLLM do on their own port
 OBSERVE_FAKE = ("--set", "llmitm_observe_hosts=$fake=ollama")
@@ -315,5 +428,27 @@ VARIANTS: list[Variant] = [
         "observe",
         "forward mode, observe mode on, records in the embedded store (the default)",
         compare_to="observe-no-store",
+    ),
+    # the policy chain (issue 7) on the no-sink route, against that route alone
+    _policy_variant(
+        "policies-local",
+        "no-sink + key-auth, rate-limiting (local), ai-prompt-guard, ai-prompt-decorator",
+        POLICY_RATE_LIMITING_LOCAL,
+        POLICY_PROMPTS,
+    ),
+    _policy_variant(
+        "policies-redis",
+        "policies-local with rate-limiting on a local redis-server",
+        POLICY_RATE_LIMITING_REDIS,
+        POLICY_PROMPTS,
+        also_compare_to=("policies-local",),
+    ),
+    _policy_variant(
+        "policies-ai-limit",
+        "policies-local + ai-rate-limiting-advanced (local, a token budget never reached)",
+        POLICY_RATE_LIMITING_LOCAL,
+        POLICY_PROMPTS,
+        POLICY_AI_RATE_LIMITING,
+        also_compare_to=("policies-local",),
     ),
 ]
