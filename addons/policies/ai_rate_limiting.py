@@ -33,7 +33,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 import providers
 from addons.policies import _counters
 from addons.policies._counters import CountersUnavailable, RedisConfig, Ticket, Window
-from addons.policies.base import PolicyAddon, deny, json_body
+from addons.policies.base import PolicyAddon, deny, json_body, set_headers
 from providers.base import ProviderError, RouteType, estimate_tokens, text_of_messages
 from providers.options import Strict
 
@@ -1038,8 +1038,7 @@ class Policy(PolicyAddon):
         reservation = self._reserved.get(flow) if keep else self._reserved.pop(flow, None)
         if reservation is None or flow.response is None:
             return
-        for name, value in reservation.headers.items():
-            flow.response.headers[name] = value
+        set_headers(flow.response.headers, reservation.headers)
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()

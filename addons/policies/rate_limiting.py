@@ -42,7 +42,7 @@ from addons.policies._counters import (
     WindowState,
     counters,
 )
-from addons.policies.base import PolicyAddon, deny
+from addons.policies.base import PolicyAddon, deny, set_headers
 from providers.options import Strict
 
 if TYPE_CHECKING:
@@ -385,6 +385,8 @@ class Policy(PolicyAddon):
         self._apply(flow)
 
     def _apply(self, flow: http.HTTPFlow) -> None:
-        hdrs = self._headers.get(flow)
-        if hdrs and flow.response is not None:
-            flow.response.headers.update(hdrs)
+        if flow.response is None:
+            return
+        hdrs = self._headers.pop(flow, None)  # once: responseheaders, else response
+        if hdrs:
+            set_headers(flow.response.headers, hdrs)
