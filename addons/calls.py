@@ -48,6 +48,9 @@ class Call:
     # the request body parsed once (by the first plugin that needs it); a policy that
     # rewrites it sets it here and in the flow (addons/policies/base.py)
     body: Any = None
+    # names of credentials the record must not show, besides the usual ones (a
+    # key-auth key's header, query parameter or body field)
+    secret_names: set[str] = field(default_factory=set)
     # run with the finished record (a token limit settles its reservation): (call, record)
     on_finish: list[Callable[[Call, Any], None]] = field(default_factory=list)
     # applied in order to what a stream sends the client: (chunks, last) -> chunks

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -48,27 +49,29 @@ SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "api-key", "access_token"
 _SECRET_FIELDS = frozenset(h.encode() for h in SECRET_HEADERS)
 
 
-def redact_headers(headers: http.Headers, secrets: frozenset[str]) -> dict[str, str]:
-    """Headers for a record: credentials and any value holding a configured secret are
-    replaced (one pass over the raw fields: mitmproxy's per-name lookups are slow)."""
+def redact_headers(
+    headers: http.Headers, secrets: frozenset[str], names: Iterable[str] = ()
+) -> dict[str, str]:
+    """Headers for a record: credentials (and the headers `names`) and any value holding
+    a configured secret are replaced (one pass over the raw fields: mitmproxy's per-name
+    lookups are slow)."""
+    fields = _SECRET_FIELDS | {n.lower().encode() for n in names} if names else _SECRET_FIELDS
     out: dict[str, str] = {}
     for raw_name, raw_value in headers.fields:
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("utf-8", "replace")
-        if raw_name.lower() in _SECRET_FIELDS or (
-            secrets and any(s in value for s in secrets if s)
-        ):
+        if raw_name.lower() in fields or (secrets and any(s in value for s in secrets if s)):
             value = REDACTED
         out[name] = value
     return out
 
 
-def redact_url(url: str, secrets: frozenset[str] = frozenset()) -> str:
+def redact_url(url: str, secrets: frozenset[str] = frozenset(), names: Iterable[str] = ()) -> str:
     base, sep, query = url.partition("?")
     if not sep:
         return url
     pairs = [
-        (k, REDACTED if k.lower() in SECRET_PARAMS or v in secrets else v)
+        (k, REDACTED if k.lower() in SECRET_PARAMS or k in names or v in secrets else v)
         for k, v in parse_qsl(query, keep_blank_values=True)
     ]
     return f"{base}?{urlencode(pairs, safe='[]')}"
@@ -176,6 +179,13 @@ def _texts(value: Any) -> list[str]:
     return []
 
 
+def _without(payload: Any, names: set[str]) -> Any:
+    """A request payload with the top-level fields `names` (a key in the body) redacted."""
+    if not names or not isinstance(payload, dict) or names.isdisjoint(payload):
+        return payload
+    return {k: REDACTED if k in names else v for k, v in payload.items()}
+
+
 def _ms(a: float | None, b: float | None) -> float | None:
     if a is None or b is None:
         return None
@@ -257,7 +267,7 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
             response_id=_response_id(response_data) or _response_id(call.response_payload),
         )
         if call.log_payloads:
-            ai.request_payload = call.request_payload
+            ai.request_payload = _without(call.request_payload, call.secret_names)
             ai.response_payload = (
                 call.response_payload if call.response_payload is not None else response_data
             )
@@ -272,9 +282,9 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
         service=call.route.service.name if call.route and call.route.service else None,
         request={
             "method": req.method,
-            "uri": redact_url(req.path, secrets),
+            "uri": redact_url(req.path, secrets, call.secret_names),
             "size": len(req.raw_content or b""),
-            "headers": redact_headers(req.headers, secrets),
+            "headers": redact_headers(req.headers, secrets, call.secret_names),
         },
         response={
             "status": resp.status_code if resp is not None else None,

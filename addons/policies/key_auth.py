@@ -64,8 +64,6 @@ HEADER_CONSUMER_USERNAME = "X-Consumer-Username"
 HEADER_CREDENTIAL = "X-Credential-Identifier"
 HEADER_ANONYMOUS = "X-Anonymous-Consumer"
 
-REDACTED = "[REDACTED]"
-
 _KEY_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _BEARER = re.compile(r"^bearer(?:\s+(.*?))?\s*$", re.IGNORECASE | re.DOTALL)
 
@@ -356,37 +354,6 @@ def _strip(flow: http.HTTPFlow, call: Call, conf: Config, name: str, body_read: 
     return False
 
 
-def _redact_param(uri: str, name: str) -> str:
-    path, sep, query = uri.partition("?")
-    if not sep:
-        return uri
-    parts = []
-    for part in query.split("&"):
-        key = part.partition("=")[0]
-        parts.append(f"{key}={REDACTED}" if unquote_plus(key) == name else part)
-    return f"{path}?{'&'.join(parts)}"
-
-
-def _scrubber(name: str) -> Any:
-    """An on_finish callback: the key under `name` out of the record (a known key is
-    already redacted as a config secret; this covers wrong keys and body fields)."""
-
-    def scrub(call: Call, record: Any) -> None:
-        req = record.request
-        headers = req.get("headers")
-        low = name.lower()
-        if isinstance(headers, dict) and low in headers:
-            headers[low] = REDACTED
-        uri = req.get("uri")
-        if isinstance(uri, str):
-            req["uri"] = _redact_param(uri, name)
-        ai = record.ai
-        if ai is not None and isinstance(ai.request_payload, dict) and name in ai.request_payload:
-            ai.request_payload = {**ai.request_payload, name: REDACTED}
-
-    return scrub
-
-
 def set_consumer_headers(
     headers: Any, consumer: Consumer | None, credential: Credential | None
 ) -> None:
@@ -469,7 +436,7 @@ class Policy(PolicyAddon):
             return self._fail(flow, call, conf, NO_KEY, "missing_api_key")
         if found.key is None:
             return self._fail(flow, call, conf, DUPLICATE_KEY, "duplicate_api_key")
-        call.on_finish.append(_scrubber(found.name))
+        call.secret_names.add(found.name)  # the recorder redacts it, right or wrong
         if conf.hide_credentials and _strip(flow, call, conf, found.name, body_read):
             self._strip_later[flow] = found.name
         if not found.key:
