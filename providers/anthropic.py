@@ -201,7 +201,9 @@ def _image(part: dict[str, Any], where: str) -> dict[str, Any]:
                 f"'{where}.image_url' must be a base64 data URI (data:image/png;base64,...)",
                 "messages",
             )
-        source = {"type": "base64", "media_type": m["media"], "data": m["data"]}
+        # `image/jpg` is common in data URIs, but Anthropic knows only `image/jpeg`
+        media = "image/jpeg" if m["media"].lower() == "image/jpg" else m["media"]
+        source = {"type": "base64", "media_type": media, "data": m["data"]}
     elif url.startswith(("http://", "https://")):
         source = {"type": "url", "url": url}
     else:
@@ -261,7 +263,14 @@ def _assistant_content(m: dict[str, Any], where: str) -> str | list[dict[str, An
                 f"'{where}.thinking_blocks[{j}]' must be a thinking or redacted_thinking block",
                 "messages",
             )
-        blocks.append(block)
+        # only Anthropic's own fields (a streamed block also carries its `index`)
+        if block["type"] == "thinking":
+            keep = {"type": "thinking", "thinking": block.get("thinking", "")}
+            if "signature" in block:
+                keep["signature"] = block["signature"]
+        else:
+            keep = {"type": "redacted_thinking", "data": block.get("data")}
+        blocks.append(keep)
     content = m.get("content")
     tool_calls = m.get("tool_calls") or []
     if isinstance(content, str) and not blocks and not tool_calls:
@@ -456,6 +465,9 @@ def messages_body(spec: CallSpec) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise _bad("'messages' must be an array", "messages")
+    n = body.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+        raise _bad("Anthropic answers with one choice: 'n' must be 1", "n")
     system, turns = convert_messages(messages)
     out: dict[str, Any] = {"model": spec.model or body.get("model"), "messages": turns}
     if system:
@@ -706,6 +718,7 @@ class AnthropicStream(_Stream):
         self._blocks: dict[int, dict[str, Any]] = {}
         self._order: list[int] = []  # block indexes in arrival order
         self._tools = 0
+        self._thinking_sent = 0  # thinking blocks streamed so far
         self._input = [0, 0, 0]  # input, cache read, cache write tokens
         self._output = 0
         self._has_usage = False
@@ -848,7 +861,11 @@ class AnthropicStream(_Stream):
             call = {"index": state["tool"], "function": {"arguments": args}}
             self._delta({"tool_calls": [call]}, out)
         elif state["type"] in ("thinking", "redacted_thinking"):
-            self._delta({"thinking_blocks": [self._thinking_block(state)]}, out)
+            # `index` numbers the blocks, as for tool calls: the openai SDK's stream
+            # helper merges list deltas by it (and refuses a second block without one)
+            block = {"index": self._thinking_sent, **self._thinking_block(state)}
+            self._thinking_sent += 1
+            self._delta({"thinking_blocks": [block]}, out)
 
     @staticmethod
     def _thinking_block(state: dict[str, Any]) -> dict[str, Any]:
@@ -993,6 +1010,13 @@ class Anthropic(Provider):
             "anthropic-version": spec.options.anthropic_version or "2023-06-01",
         }
         return UpstreamRequest("POST", url, headers, orjson.dumps(body), spec.stream)
+
+    def build_native_request(self, spec: CallSpec) -> UpstreamRequest:
+        """A Messages API request passed through; the route's `anthropic_version` is
+        sent when the client sent no `anthropic-version` of its own (SDKs always do)."""
+        up = super().build_native_request(spec)
+        up.default_headers["anthropic-version"] = spec.options.anthropic_version or "2023-06-01"
+        return up
 
     def parse_response(
         self, spec: CallSpec, status: int, headers: dict[str, str], body: bytes

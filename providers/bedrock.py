@@ -914,6 +914,7 @@ class BedrockStream:
         # content blocks by contentBlockIndex, in order of appearance
         self._blocks: dict[int, dict[str, Any]] = {}
         self._tool_count = 0
+        self._thinking_sent = 0  # thinking blocks streamed so far
 
     # -- protocol
 
@@ -1130,7 +1131,9 @@ class BedrockStream:
             )
         thinking = self._thinking_block(block)
         if thinking:
-            self._delta({"thinking_blocks": [thinking]}, out)
+            # numbered like tool calls: the openai SDK's stream helper merges by `index`
+            self._delta({"thinking_blocks": [{"index": self._thinking_sent, **thinking}]}, out)
+            self._thinking_sent += 1
 
     @staticmethod
     def _thinking_block(block: dict[str, Any]) -> dict[str, Any] | None:
@@ -1256,6 +1259,7 @@ class Bedrock(Provider):
     default_base_url = "https://bedrock-runtime.{region}.amazonaws.com"
     route_types = frozenset({RouteType.CHAT, RouteType.EMBEDDINGS, RouteType.PRESERVE})
     auth_headers = ("authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256")
+    warm_imports = ("botocore.auth", "botocore.awsrequest", "botocore.session")
     native_format = "bedrock"
     input_includes_cache = False  # input_tokens excludes cache reads and writes
 

@@ -400,7 +400,8 @@ def test_thinking_round_trip_keeps_signatures(
         blocks = message.model_extra["thinking_blocks"]
         call_id, args = message.tool_calls[0].id, message.tool_calls[0].function.arguments
     assert reasoning == script.thinking
-    assert blocks == [
+    # (streamed blocks are numbered by `index`, as list deltas are in OpenAI's streams)
+    assert [{k: v for k, v in b.items() if k != "index"} for b in blocks] == [
         {"type": "thinking", "thinking": script.thinking, "signature": script.signature}
     ]
     assert fake.last().json()["thinking"] == {"type": "enabled", "budget_tokens": 1024}
@@ -672,6 +673,25 @@ def test_native_messages_pass_through(
     assert rec["ai"]["proxy"]["meta"]["provider_name"] == "anthropic"
     assert rec["ai"]["proxy"]["meta"]["response_model"] == MODEL
     assert_usage_recorded(rec)
+
+
+@pytest.mark.parametrize("client_version", [None, "2023-01-01"])
+def test_native_requests_get_the_routes_anthropic_version_unless_they_send_one(
+    gw: Gateway, fake: FakeUpstream, client_version: str | None
+) -> None:
+    """Anthropic refuses a request without `anthropic-version`; a plain HTTP client of
+    a native route gets the route's, an SDK's own version is kept."""
+    serve(fake, Script(text="ok"))
+    headers = {"anthropic-version": client_version} if client_version else {}
+    resp = httpx.post(
+        f"{gw.url}/native/v1/messages",
+        json={"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
+        headers={**headers, "X-Message-Id": TAG["id"]},
+        timeout=10,
+    )
+    assert resp.status_code == 200, resp.text
+    assert fake.last().headers["anthropic-version"] == (client_version or "2023-06-01")
+    my_record(gw)
 
 
 def test_native_stream_passes_through(

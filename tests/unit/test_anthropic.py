@@ -1396,6 +1396,7 @@ def test_tool_stream_chunks(wants_usage: bool) -> None:
     blocks = [b for d in deltas for b in d.get("thinking_blocks", ())]
     assert blocks == [
         {
+            "index": 0,
             "type": "thinking",
             "thinking": "Two lookups, in parallel \u2014 fine.",
             "signature": "EqQBCkgIARABGAIiQL2sig/+==",
@@ -1512,7 +1513,7 @@ def test_text_stream() -> None:
 def test_redacted_thinking_stream() -> None:
     out, t = translate([RECORDED_REDACTED])
     deltas = [c["choices"][0]["delta"] for c in events(out)[:-1] if c["choices"]]
-    assert {"thinking_blocks": [REDACTED]} in deltas
+    assert {"thinking_blocks": [{"index": 0, **REDACTED}]} in deltas
     msg = t.assembled()["choices"][0]
     assert msg["message"]["thinking_blocks"] == [REDACTED]
     assert msg["message"]["content"] == "Done"
@@ -1768,3 +1769,53 @@ def test_completion_stream_max_tokens_is_length() -> None:
     raw = RECORDED_COMPLETION.replace(b'"stop_sequence"', b'"max_tokens"')
     _, t = translate_completion([raw])
     assert t.assembled()["choices"][0]["finish_reason"] == "length"
+
+
+RECORDED_TWO_THINKING = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_01Two","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":9,"output_tokens":1}}}\n\n'
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}\n\n'
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"2+2 is 4."}}\n\n'
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EuYBCkQYAiJAsig=="}}\n\n'
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":1,"content_block":{"type":"redacted_thinking","data":"EmwKAhgBEgy3va3pzix/LafPsn4a"}}\n\n'
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":1}\n\n'
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":2,"content_block":{"type":"text","text":"4"}}\n\n'
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":2}\n\n'
+    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":30}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
+
+
+def test_the_openai_sdk_stream_helper_accumulates_several_thinking_blocks() -> None:
+    """`client.chat.completions.stream()` merges list deltas by `index`: two thinking
+    blocks in one answer (interleaved or redacted thinking) must both arrive, in order,
+    and go back to Anthropic unchanged in the next turn."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    out, _ = translate([RECORDED_TWO_THINKING])
+    state = ChatCompletionStreamState()
+    for event in events(out)[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(event))
+    message = state.get_final_completion().choices[0].message
+    blocks = message.model_extra["thinking_blocks"]
+    assert [{k: v for k, v in b.items() if k != "index"} for b in blocks] == [SIGNED, REDACTED]
+    assert message.content == "4"
+    # the next turn, as a client sends it back: Anthropic gets its own fields only
+    turn = {"role": "assistant", "content": "4", "thinking_blocks": blocks}
+    body = PROVIDER.build_request(aspec(body={"messages": [user("2+2?"), turn, user("and 3+3?")]}))
+    sent = json.loads(body.body)["messages"][1]["content"]
+    assert sent == [SIGNED, REDACTED, {"type": "text", "text": "4"}]
+
+
+def test_a_jpg_data_uri_is_sent_as_image_jpeg() -> None:
+    """Anthropic knows `image/jpeg` only; `data:image/jpg` is what many clients write."""
+    part = {"type": "image_url", "image_url": {"url": "data:image/jpg;base64,/9j/4AAQ"}}
+    block = sent({"messages": [user([part])]})["messages"][0]["content"][0]
+    assert block["source"] == {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}
+
+
+def test_more_than_one_choice_is_a_400() -> None:
+    with pytest.raises(ProviderError) as err:
+        sent({"messages": [user("hi")], "n": 2})
+    assert err.value.status == 400 and err.value.param == "n"

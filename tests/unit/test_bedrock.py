@@ -1472,13 +1472,14 @@ def test_reasoning_stream_with_signature() -> None:
     ds = deltas(got)
     assert "".join(d.get("reasoning_content") or "" for d in ds) == "Two plus two."
     blocks = [d["thinking_blocks"] for d in ds if "thinking_blocks" in d]
-    assert blocks == [[{"type": "thinking", "thinking": "Two plus two.", "signature": "EqQBSig=="}]]
+    block = {"type": "thinking", "thinking": "Two plus two.", "signature": "EqQBSig=="}
+    assert blocks == [[{"index": 0, **block}]]
     # the block arrives when it stops, before the answer's text
     order = [next(iter(d)) for d in ds[1:] if d]
     assert order.index("thinking_blocks") < order.index("content")
     message = t.assembled()["choices"][0]["message"]
     assert message["reasoning_content"] == "Two plus two." and message["content"] == "4"
-    assert message["thinking_blocks"] == blocks[0]
+    assert message["thinking_blocks"] == [block]
     assert t.usage == Usage(1004, 30, cache_read_tokens=1000)
 
 
@@ -1934,3 +1935,45 @@ def test_odd_events_never_raise(kind: str) -> None:
             assert t.error is not None and "not a JSON object" in t.error.message
     got, t = run([encode_message({":message-type": "event", ":event-type": kind}, b"\xff{")])
     assert t.error is not None and got[-1] == "[DONE]"
+
+
+def test_the_openai_sdk_stream_helper_accumulates_several_thinking_blocks() -> None:
+    """Two reasoning blocks (one redacted) in one stream: the openai SDK's
+    `chat.completions.stream()` helper merges list deltas by `index` and must get both."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    raw = events(
+        ("messageStart", {"role": "assistant"}),
+        (
+            "contentBlockDelta",
+            {"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Hm."}}},
+        ),
+        (
+            "contentBlockDelta",
+            {"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": "Sig=="}}},
+        ),
+        ("contentBlockStop", {"contentBlockIndex": 0}),
+        (
+            "contentBlockDelta",
+            {"contentBlockIndex": 1, "delta": {"reasoningContent": {"redactedContent": "UmVk"}}},
+        ),
+        ("contentBlockStop", {"contentBlockIndex": 1}),
+        ("contentBlockDelta", {"contentBlockIndex": 2, "delta": {"text": "4"}}),
+        ("contentBlockStop", {"contentBlockIndex": 2}),
+        ("messageStop", {"stopReason": "end_turn"}),
+        ("metadata", {"usage": {"inputTokens": 4, "outputTokens": 9, "totalTokens": 13}}),
+    )
+    got, _ = run([raw])
+    state = ChatCompletionStreamState()
+    for event in got[:-1]:
+        state.handle_chunk(ChatCompletionChunk.model_validate(event))
+    message = state.get_final_completion().choices[0].message
+    blocks = [
+        {k: v for k, v in b.items() if k != "index"} for b in message.model_extra["thinking_blocks"]
+    ]
+    assert blocks == [
+        {"type": "thinking", "thinking": "Hm.", "signature": "Sig=="},
+        {"type": "redacted_thinking", "data": "UmVk"},
+    ]
+    assert message.content == "4"
