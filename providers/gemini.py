@@ -9,8 +9,8 @@ embeddings (`batchEmbedContents` on AI Studio, `predict` on Vertex).
 Where the two APIs do not line up, the choices made here are:
 
 - Thinking. `reasoning_effort` becomes `generationConfig.thinkingConfig` with the budgets
-  of Google's own OpenAI-compatible endpoint: low 1024, medium 8192, high 24576 tokens,
-  minimal 512 (the smallest budget every Gemini 2.5 model accepts), none 0 (thinking
+  of Google's own OpenAI-compatible endpoint: low 1024, medium 8192, high (and xhigh,
+  which Gemini has no higher budget for) 24576 tokens, minimal 512 (the smallest budget every Gemini 2.5 model accepts), none 0 (thinking
   off). `includeThoughts` is set unless the effort is none, and thought parts come back
   as `reasoning_content`. `completion_tokens` counts the thinking tokens (OpenAI's
   completion tokens include reasoning tokens; Gemini bills thoughts as output), and
@@ -93,7 +93,15 @@ DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 # ------------------------------------------------------------------------ tables
 
 #: reasoning_effort -> thinkingBudget (tokens)
-THINKING_BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
+#: ("xhigh" as "high": 24576 is the largest budget every Gemini 2.5 model accepts)
+THINKING_BUDGETS = {
+    "none": 0,
+    "minimal": 512,
+    "low": 1024,
+    "medium": 8192,
+    "high": 24576,
+    "xhigh": 24576,
+}
 
 #: finishReason values that mean a filter stopped the candidate
 FILTERED = frozenset(
@@ -638,6 +646,8 @@ def usage_from_gemini(meta: Any) -> Usage | None:
 
 
 def finish_reason(reason: Any, has_calls: bool) -> str:
+    if not isinstance(reason, str):  # absent, or not what Google documents
+        reason = None
     if reason in FILTERED:
         return "content_filter"
     if reason == "MAX_TOKENS":
@@ -922,6 +932,15 @@ class GeminiStream:
                     self._fail(
                         ProviderError(502, "gemini: the stream ended without any answer"), out
                     )
+                elif not any(ch.reason for ch in self._choices.values()):
+                    # Gemini's last event carries the finishReason: without one the
+                    # upstream broke the stream off between two events
+                    self._fail(
+                        ProviderError(
+                            502, "gemini: the stream ended before the answer did (no finishReason)"
+                        ),
+                        out,
+                    )
                 else:
                     if not self._choices:
                         self._choice(0, out)
@@ -1142,6 +1161,7 @@ class Gemini(Provider):
     route_types = frozenset({RouteType.CHAT, RouteType.EMBEDDINGS, RouteType.PRESERVE})
     auth_headers = ("x-goog-api-key", "authorization")
     auth_params = ("key",)
+    warm_imports = ("google.oauth2.service_account", "google.auth.transport")
     native_format = "gemini"
 
     # ------------------------------------------------------------------ config

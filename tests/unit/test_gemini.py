@@ -262,6 +262,10 @@ def test_the_clients_body_is_not_mutated() -> None:
             {"thinkingConfig": {"thinkingBudget": 24576, "includeThoughts": True}},
         ),
         (
+            {"reasoning_effort": "xhigh"},
+            {"thinkingConfig": {"thinkingBudget": 24576, "includeThoughts": True}},
+        ),
+        (
             {"reasoning_effort": "minimal"},
             {"thinkingConfig": {"thinkingBudget": 512, "includeThoughts": True}},
         ),
@@ -1421,9 +1425,29 @@ def test_empty_stream_is_an_error() -> None:
 
 
 def test_usage_only_events_are_fine() -> None:
-    raw = _sse([_event([{"text": "hi"}], usage=_usage(2, 1)), {"usageMetadata": _usage(2, 3)}])
+    raw = _sse(
+        [_event([{"text": "hi"}], "STOP", usage=_usage(2, 1)), {"usageMetadata": _usage(2, 3)}]
+    )
     events, t = run([raw], gspec(stream=True, wants_usage=True))
     assert t.usage.completion_tokens == 3 and events[-2]["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize("form", ["sse", "json-array"])
+def test_a_stream_broken_off_between_two_events_is_an_error(form: str) -> None:
+    """Gemini's last event carries the finishReason; a stream that stops after a
+    complete event without one was cut by the upstream, and must not look finished."""
+    first = _event([{"text": "The answer is"}], usage=_usage(2, 1))
+    if form == "sse":
+        raw = _sse([first])
+    else:  # Google's JSON-array stream, cut before its closing bracket
+        raw = b"[" + json.dumps(first).encode()
+    events, t = run([raw], gspec(stream=True, wants_usage=True))
+    assert t.error is not None and t.error.status == 502
+    assert "finishReason" in t.error.message
+    assert not any(
+        isinstance(e, dict) and e.get("choices") and e["choices"][0].get("finish_reason")
+        for e in events
+    )
 
 
 def test_several_candidates_stream_as_choices() -> None:
