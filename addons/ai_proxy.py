@@ -239,6 +239,8 @@ class AIProxy:
                 continue
             headers[low] = value
         headers.update(up.headers)
+        for name, value in up.default_headers.items():
+            headers.setdefault(name, value)
         if (
             override_name
             and auth.header_value

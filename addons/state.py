@@ -3,8 +3,13 @@ and the exporters. `addons/gateway.py` creates one and hands it to every addon."
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import sys
+import threading
 from typing import Any
 
+import providers
 from addons.calls import Calls
 from addons.config.model import GatewayConfig
 from addons.credentials import Credentials
@@ -34,3 +39,24 @@ class Gateway:
         ]
         self.metrics.set_config(routes=len(config.routes), models=models, source=config.source)
         self.config = config
+        warm_imports(config)
+
+
+def warm_imports(config: GatewayConfig) -> None:
+    """Import the SDK modules the config's providers need (botocore's signer, say:
+    a third of a second) in a thread now, not on the event loop at their first call."""
+    modules = {
+        module
+        for p in config.all_plugins()
+        if p.name == "ai-proxy"
+        for module in providers.get(p.config.model.provider).warm_imports
+        if module not in sys.modules
+    }
+    if modules:
+        threading.Thread(target=_import_all, args=(sorted(modules),), daemon=True).start()
+
+
+def _import_all(modules: list[str]) -> None:
+    for module in modules:
+        with contextlib.suppress(ImportError):  # the call then says which extra to install
+            importlib.import_module(module)

@@ -107,6 +107,9 @@ class UpstreamRequest:
     headers: dict[str, str]
     body: bytes
     stream: bool = False
+    # Headers sent only when the client did not send them itself (a native request's
+    # API version, say): `headers` replace the client's, these fill in.
+    default_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -297,6 +300,10 @@ class Provider:
     # Kong's `llm_format` value for clients that speak this provider's own API (None:
     # only OpenAI-format clients).
     native_format: str | None = None
+    # Slow-to-import modules the adapter needs on its first call (an SDK's signer): the
+    # gateway imports them in a thread when a config uses the provider, so that the
+    # first call does not import them on mitmproxy's event loop.
+    warm_imports: tuple[str, ...] = ()
     # Whether the provider's own input-token count already includes cached tokens
     # (OpenAI, Gemini) or reports them apart (Anthropic, Bedrock). Adapters normalize
     # to Usage's contract either way; this states what the native figure means.

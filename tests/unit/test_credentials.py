@@ -4,6 +4,8 @@ fake token endpoint in tests/e2e/test_gemini.py.)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from addons.credentials import Credentials
@@ -85,3 +87,43 @@ async def test_an_unusable_service_account_json_is_named_without_its_content() -
         await Credentials().get("gcp", auth)
     assert "service account JSON is not usable" in e.value.message
     assert "SECRET" not in e.value.message
+
+
+def test_a_config_with_bedrock_imports_botocore_off_the_event_loop(tmp_path: Path) -> None:
+    """botocore takes a third of a second to import: the gateway imports it in a thread
+    when a config with a Bedrock route is applied, not in the first call's hook."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.unit.conftest import CONFIGS
+
+    script = f"""
+import asyncio, sys, threading, time
+import addons.state
+from addons.config import load_file
+assert "botocore.auth" not in sys.modules
+importer = []
+class Spy:  # notes the thread that imports botocore.auth, finds nothing itself
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "botocore.auth":
+            importer.append(threading.current_thread() is threading.main_thread())
+sys.meta_path.insert(0, Spy)
+async def main():
+    addons.state.Gateway().apply(load_file({str(CONFIGS / "bedrock.yaml")!r}))
+    deadline = time.time() + 30
+    while "botocore.session" not in sys.modules and time.time() < deadline:
+        await asyncio.sleep(0.01)
+    print(importer, "botocore.session" in sys.modules)
+asyncio.run(main())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,  # the config's file-log writes under logs/
+        env={**os.environ, "PYTHONPATH": str(CONFIGS.parent)},
+    )
+    assert out.stdout.split() == ["[False]", "True"], out.stdout + out.stderr
