@@ -127,3 +127,39 @@ asyncio.run(main())
         env={**os.environ, "PYTHONPATH": str(CONFIGS.parent)},
     )
     assert out.stdout.split() == ["[False]", "True"], out.stdout + out.stderr
+
+
+async def test_a_google_token_is_minted_once_shared_and_minted_again_when_it_expires() -> None:
+    """Vertex: concurrent calls wait for one token; the token is reused while valid, and
+    a new one is minted (against the fake token endpoint, which checks the signed JWT)
+    once google-auth says the old one is about to expire."""
+    import asyncio
+    import datetime
+
+    from tests.fakes.gemini import FakeGemini, make_service_account
+    from tests.fakes.upstream import FakeUpstream
+
+    upstream = FakeUpstream().start()
+    try:
+        account = make_service_account(f"{upstream.url}/token")
+        fake = FakeGemini(api_key="unused", service_account=account)
+        upstream.reply(fake)
+        auth = AuthConfig(gcp_use_service_account=True, gcp_service_account_json=account.json)
+        creds = Credentials()
+        tokens = await asyncio.gather(*(creds.gcp_token(auth) for _ in range(5)))
+        assert len(set(tokens)) == 1 and tokens[0] in fake.tokens
+        assert fake.token_requests == 1 and fake.token_failures == []
+        assert await creds.gcp_token(auth) == tokens[0]
+        assert fake.token_requests == 1
+
+        # an hour later: google-auth refreshes a few minutes before the expiry
+        google = creds._gcp[account.json]
+        google.expiry = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) + (
+            datetime.timedelta(seconds=30)
+        )
+        fresh = await creds.gcp_token(auth)
+        assert fake.token_requests == 2 and fake.token_failures == []
+        assert fresh in fake.tokens and fresh != tokens[0]
+        creds.close()
+    finally:
+        upstream.stop()
