@@ -15,6 +15,17 @@ from providers.base import RouteType
 from providers.options import AuthConfig, ModelConfig, Strict
 
 
+def _llm_formats() -> tuple[str, ...]:
+    """Kong's `llm_format` values: openai, and each provider's own (its `native_format`),
+    read from the provider registry so that a new provider file adds its format."""
+    native = {p.native_format for p in providers.registry().values() if p.native_format}
+    return ("openai", *sorted(native - {"openai"}))
+
+
+#: the `llm_format` values (a Literal, so that the JSON schema lists them as an enum)
+LLMFormat = Literal[_llm_formats()]  # type: ignore[valid-type]
+
+
 class LoggingConfig(Strict):
     log_statistics: bool = Field(
         True,
@@ -41,12 +52,10 @@ class AIProxyConfig(Strict):
         "Kong's default is 8 KiB, too small for chats with history or images.",
     )
     model_name_header: bool = Field(True, description="Send X-LLM-Model: provider/model.")
-    llm_format: Literal["openai", "anthropic", "gemini", "bedrock", "cohere", "huggingface"] = (
-        Field(
-            "openai",
-            description="The format clients speak: openai (translated to the provider), or "
-            "the provider's own (passed through unchanged, usage and payloads still recorded).",
-        )
+    llm_format: LLMFormat = Field(  # type: ignore[valid-type]
+        "openai",
+        description="The format clients speak: openai (translated to the provider), or "
+        "the provider's own (passed through unchanged, usage and payloads still recorded).",
     )
 
     @field_validator("model")

@@ -60,8 +60,9 @@ PATHS = {
     RouteType.EMBEDDINGS: "/embeddings",
 }
 
-#: URLs are built by `Azure.url_for` (the deployment is part of the path)
-HOST = Host(NAME, None, PATHS)
+#: URLs are built by `Azure.url_for` (the deployment is part of the path); OpenAI's usage:
+#: prompt_tokens counts the cached prompt_tokens_details.cached_tokens too
+HOST = Host(NAME, None, PATHS, input_includes_cache=True)
 
 _DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})")
 _RETRY = re.compile(r"retry after (\d+) seconds?", re.IGNORECASE)
@@ -100,7 +101,8 @@ class AzureStream(CompatibleStream):
         found = obj.get("prompt_filter_results")
         if isinstance(found, list):
             self._prompt_filters.extend(found)
-        for choice in obj.get("choices") or ():
+        choices = obj.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
             if isinstance(choice, dict) and isinstance(choice.get("content_filter_results"), dict):
                 index = choice.get("index")
                 index = index if isinstance(index, int) else 0
@@ -199,7 +201,7 @@ class Azure(OpenAICompatible):
     # ------------------------------------------------------------------ answers
 
     def parse_error(self, status: int, headers: dict[str, str], body: bytes) -> ProviderError:
-        err = super().parse_error(status, headers, body)
+        err = super().parse_error(status, headers, body)  # a text message, always
         try:
             data = json.loads(body)
         except ValueError:

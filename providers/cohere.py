@@ -104,6 +104,7 @@ from providers.base import (
     new_completion_id,
     preserve_url,
 )
+from providers.openai_compatible import readable
 
 log = logging.getLogger(__name__)
 
@@ -194,13 +195,17 @@ def embedding_input_type(spec: CallSpec) -> str:
 # ------------------------------------------------------------------ usage, finish
 
 
+#: a token count above this is not one (and would not fit the JSON of the answer)
+_MAX_COUNT = 2**53
+
+
 def _count(value: Any) -> int | None:
     """A token count from Cohere's JSON (documented as `number`), or None."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value > _MAX_COUNT:
         return None
     if isinstance(value, int):
         return max(value, 0)
-    if isinstance(value, float) and value.is_integer():
+    if value.is_integer():
         return max(int(value), 0)
     return None
 
@@ -420,7 +425,8 @@ def _choice(body: dict[str, Any]) -> tuple[str | None, str | None]:
     if tc in ("NONE", "REQUIRED"):  # Cohere's own values
         return tc.lower(), None
     if isinstance(tc, dict) and tc.get("type") == "function":
-        name = (tc.get("function") or {}).get("name")
+        fn = tc.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
         if isinstance(name, str) and name:
             return "required", name
         raise _bad("'tool_choice.function' needs a 'name'", "tool_choice")
@@ -550,7 +556,7 @@ def _thinking(body: dict[str, Any]) -> dict[str, Any] | None:
     effort = body.get("reasoning_effort")
     if effort is None:
         return None
-    if effort not in THINKING_BUDGETS:
+    if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
         raise _bad(
             f"'reasoning_effort' must be one of: {', '.join(THINKING_BUDGETS)}",
             "reasoning_effort",
@@ -642,8 +648,11 @@ def _py_type(schema: Any) -> str:
         kind = kinds[0] if len(kinds) == 1 else None
     if kind is None:
         for key in ("anyOf", "oneOf"):
+            given = schema.get(key)
             variants = [
-                v for v in schema.get(key) or () if isinstance(v, dict) and v.get("type") != "null"
+                v
+                for v in (given if isinstance(given, list) else ())
+                if isinstance(v, dict) and v.get("type") != "null"
             ]
             if len(variants) == 1:
                 return _py_type(variants[0])
@@ -655,7 +664,7 @@ def _py_type(schema: Any) -> str:
     if kind == "array":
         items = schema.get("items")
         return f"List[{_py_type(items)}]" if isinstance(items, dict) and items else "List"
-    return _PY_TYPES.get(kind, "str")
+    return _PY_TYPES.get(kind, "str") if isinstance(kind, str) else "str"
 
 
 def _parameter_definitions(params: dict[str, Any]) -> dict[str, Any]:
@@ -907,7 +916,8 @@ def v2_message_to_openai(message: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(block.get("text"), str):
             texts.append(block["text"])
     calls = []
-    for call in message.get("tool_calls") or ():
+    given = message.get("tool_calls")
+    for call in given if isinstance(given, list) else ():
         if not isinstance(call, dict):
             continue
         fn = call.get("function") if isinstance(call.get("function"), dict) else {}
@@ -966,12 +976,17 @@ def from_v2_chat(data: dict[str, Any], spec: CallSpec) -> tuple[dict[str, Any], 
     usage = usage_from_cohere(data.get("usage"))
     converted = v2_message_to_openai(message)
     if spec.route_type is RouteType.COMPLETIONS:
-        text = "".join(
-            b["text"]
-            for b in message.get("content") or ()
-            if isinstance(b, dict)
-            and b.get("type", "text") == "text"
-            and isinstance(b.get("text"), str)
+        content = message.get("content")
+        text = (
+            content
+            if isinstance(content, str)
+            else "".join(
+                b["text"]
+                for b in (content if isinstance(content, list) else ())
+                if isinstance(b, dict)
+                and b.get("type", "text") == "text"
+                and isinstance(b.get("text"), str)
+            )
         )
         choice = {
             "index": 0,
@@ -992,9 +1007,10 @@ def from_v1_chat(data: dict[str, Any], spec: CallSpec) -> tuple[dict[str, Any], 
     err = failure(data.get("finish_reason"))
     if err is not None:
         raise err
+    given = data.get("tool_calls")
     calls = [
         _openai_call(None, c.get("name"), c.get("parameters"))
-        for c in data.get("tool_calls") or ()
+        for c in (given if isinstance(given, list) else ())
         if isinstance(c, dict)
     ]
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
@@ -1549,6 +1565,9 @@ class Cohere(Provider):
     )
     auth_headers = ("authorization",)
     native_format = "cohere"
+    # v2's usage.tokens.input_tokens (v1's meta.tokens) counts the whole prompt, the
+    # `cached_tokens` that hit Cohere's cache among them
+    input_includes_cache = True
 
     def path_for(self, spec: CallSpec) -> str:
         if spec.route_type is RouteType.EMBEDDINGS:
@@ -1607,7 +1626,7 @@ class Cohere(Provider):
         err = error_from_cohere(status, data)
         if err is not None:
             return err
-        err = generic_error(self.name, status, headers, body)
+        err = readable(generic_error(self.name, status, headers, body), self.name)
         if status == 498:
             return ProviderError(400, err.message, "invalid_request_error", "content_filter")
         return err

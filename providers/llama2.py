@@ -45,9 +45,13 @@ Conventions of the raw format (Kong's driver has known bugs here; we do better):
   `details.generated_tokens` may be known: the prompt is estimated and the usage marked
   estimated; with nothing at all the usage is None (the gateway estimates it).
 - **Errors**: TGI's `{"error", "error_type"}` keeps its status (422 validation, 424
-  generation, 429 overloaded); an error event inside a stream, or a stream that ends
-  without its last event (the one with `generated_text`), ends the client's stream with
-  an error event.
+  generation, 429 overloaded) and gives its type as the `code`; the Hugging Face
+  Inference API's model-loading 503 (`{"error", "estimated_time"}`) says how long to
+  wait and sets `Retry-After` (read as `providers.huggingface` reads it). An error event
+  inside a stream, or a stream that ends without its last event (the one with
+  `generated_text`), ends the client's stream with an error event; so does an
+  OpenAI-format stream (`llama2_format: openai`) that ends with neither `[DONE]` nor
+  a finish reason.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from providers import ollama, sse
+from providers import huggingface, ollama, sse
 from providers.base import (
     CallSpec,
     Provider,
@@ -73,7 +77,8 @@ from providers.base import (
     join_url,
     new_completion_id,
 )
-from providers.openai import OpenAI, OpenAIStream, usage_from_openai
+from providers.openai import OpenAI, usage_from_openai
+from providers.openai_compatible import CompatibleStream, readable
 
 NAME = "llama2"
 FORMATS = ("raw", "ollama", "openai")
@@ -549,6 +554,9 @@ def _upstream(spec: CallSpec) -> str:
 
 class Llama2(Provider):
     name = NAME
+    # every format counts the whole prompt: TGI's input_length / x-prompt-tokens (TGI
+    # reports no cache), Ollama's prompt_eval_count, OpenAI-style prompt_tokens
+    input_includes_cache = True
     default_base_url = ""
     route_types = frozenset({RouteType.CHAT, RouteType.COMPLETIONS})
 
@@ -598,13 +606,24 @@ class Llama2(Provider):
 
     def parse_error(self, status: int, headers: dict[str, str], body: bytes) -> ProviderError:
         # TGI's {"error", "error_type"}, Ollama's {"error"} and OpenAI's {"error": {...}}
-        # (whose type, code and param are kept) all read the same way
-        return _OPENAI.parse_error(status, headers, body)
+        # (whose type, code and param are kept) all read as Hugging Face's errors do,
+        # the Inference API's model-loading 503 included (its estimated time, Retry-After)
+        try:
+            data = orjson.loads(body) if body else None
+        except ValueError:
+            data = None
+        err = huggingface.error_from(status, data, headers)
+        return (
+            err if err is not None else readable(_OPENAI.parse_error(status, headers, body), NAME)
+        )
 
-    def stream_translator(self, spec: CallSpec) -> TGIStream | ollama.OllamaStream | OpenAIStream:
+    def stream_translator(
+        self, spec: CallSpec
+    ) -> TGIStream | ollama.OllamaStream | CompatibleStream:
         fmt = _format(spec)
         if fmt == "openai":
-            return OpenAIStream(spec)
+            # a stream cut before [DONE] or a finish reason is an error, as for vllm
+            return CompatibleStream(spec, NAME)
         if fmt == "ollama":
             return ollama.OllamaStream(spec, self.name)
         return TGIStream(spec)

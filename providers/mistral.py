@@ -76,6 +76,7 @@ from providers.base import (
     preserve_url,
 )
 from providers.openai import OpenAIStream, usage_from_openai
+from providers.openai_compatible import readable
 
 NAME = "mistral"
 DEFAULT_BASE_URL = "https://api.mistral.ai"
@@ -283,7 +284,10 @@ def _tool_choice(choice: Any) -> Any:
     if choice == "required":
         return "any"
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name") or choice.get("name")
+        fn = choice.get("function")
+        name = (fn.get("name") if isinstance(fn, dict) else None) or choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise _bad("'tool_choice.function' needs a 'name'", "tool_choice")
         return {"type": "function", "function": {"name": name}}
     return choice
 
@@ -372,7 +376,8 @@ def split_content(content: Any) -> tuple[str, str]:
             texts.append(chunk)
         elif isinstance(chunk, dict):
             if chunk.get("type") == "thinking":
-                for inner in chunk.get("thinking") or ():
+                inners = chunk.get("thinking")
+                for inner in inners if isinstance(inners, list) else (inners,):
                     if isinstance(inner, dict) and isinstance(inner.get("text"), str):
                         thoughts.append(inner["text"])
                     elif isinstance(inner, str):
@@ -482,7 +487,8 @@ def fim_to_openai(data: dict[str, Any], spec: CallSpec) -> dict[str, Any]:
         if isinstance(c.get("text"), str):
             text = c["text"]
         else:
-            text = split_content((c.get("message") or {}).get("content"))[0]
+            message = c.get("message")
+            text = split_content(message.get("content") if isinstance(message, dict) else None)[0]
         choices.append(
             {
                 "index": c["index"] if _is_int(c.get("index")) else i,
@@ -533,7 +539,8 @@ def _detail_message(detail: list[Any]) -> tuple[str, str | None]:
         if not isinstance(d, dict):
             parts.append(str(d))
             continue
-        loc = [str(x) for x in d.get("loc") or () if x != "body"]
+        where_list = d.get("loc")
+        loc = [str(x) for x in where_list if x != "body"] if isinstance(where_list, list) else []
         if param is None and loc:
             param = loc[0]
         where = ".".join(loc)
@@ -548,7 +555,7 @@ def error_from_mistral(status: int, headers: dict[str, str], body: bytes) -> Pro
     except ValueError:
         data = None
     if not isinstance(data, dict):
-        return generic_error(NAME, status, headers, body)
+        return readable(generic_error(NAME, status, headers, body), NAME)
     message = data.get("message")
     if isinstance(message, str) and message.startswith("{"):
         with contextlib.suppress(ValueError):
@@ -565,13 +572,15 @@ def error_from_mistral(status: int, headers: dict[str, str], body: bytes) -> Pro
     elif isinstance(data.get("detail"), str):
         text = data["detail"]
     else:
-        return generic_error(NAME, status, headers, body)
+        text = ""
+    if not text.strip():
+        return readable(generic_error(NAME, status, headers, body), NAME)
     kind = data.get("type")
     code = data.get("code")
     return ProviderError(
         status,
         text,
-        kind if kind in _OPENAI_TYPES else error_type_for(status),
+        kind if isinstance(kind, str) and kind in _OPENAI_TYPES else error_type_for(status),
         code if isinstance(code, (str, int)) and not isinstance(code, bool) else None,
         param,
     )
@@ -773,6 +782,9 @@ def _format(spec: CallSpec) -> str:
 
 class Mistral(Provider):
     name = NAME
+    # OpenAI's meaning: prompt_tokens counts the cached prompt_tokens_details.cached_tokens
+    # too (and Ollama's prompt_eval_count, for mistral_format ollama, the whole prompt)
+    input_includes_cache = True
     default_base_url = DEFAULT_BASE_URL
     route_types = frozenset(
         {RouteType.CHAT, RouteType.COMPLETIONS, RouteType.EMBEDDINGS, RouteType.PRESERVE}

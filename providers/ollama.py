@@ -45,8 +45,8 @@ Conventions where OpenAI's format and Ollama's differ:
 - **Finish reasons**: `done_reason` stop -> stop (tool_calls when the answer calls
   tools), length -> length, load/unload -> stop. Older Ollama sent no `done_reason`: then,
   as Kong does, an `eval_count` equal to the `num_predict` sent means length.
-- **Usage**: `prompt_eval_count` (current Ollama counts cached prompt tokens in it) and
-  `eval_count`. Ollama leaves a zero count out, and older versions counted only the
+- **Usage**: `prompt_eval_count` (current Ollama counts cached prompt tokens in it, and
+  says how many in `prompt_eval_cached_count`: the cache reads) and `eval_count`. Ollama leaves a zero count out, and older versions counted only the
   prompt tokens they evaluated, so a prompt served whole from the cache showed no
   `prompt_eval_count`: the prompt is then estimated from the request and the usage marked
   estimated (completion tokens stay the reported ones). With no count at all the usage is
@@ -91,6 +91,7 @@ from providers.base import (
     preserve_url,
     text_of_messages,
 )
+from providers.openai_compatible import readable
 
 NAME = "ollama"
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
@@ -321,7 +322,7 @@ def _tools(body: dict[str, Any], name: str) -> list[dict[str, Any]] | None:
         raise _bad("'tools' must be an array", "tools")
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) else None
-        if tool.get("type", "function") != "function" or not isinstance(fn, dict):
+        if not isinstance(fn, dict) or tool.get("type", "function") != "function":
             raise _bad(f"'tools[{i}]': {name} (Ollama) takes function tools only", "tools")
         if not isinstance(fn.get("name"), str) or not fn["name"]:
             raise _bad(f"'tools[{i}].function' needs a 'name'", "tools")
@@ -329,7 +330,8 @@ def _tools(body: dict[str, Any], name: str) -> list[dict[str, Any]] | None:
     if choice == "none":
         return None
     if isinstance(choice, dict):
-        wanted = (choice.get("function") or {}).get("name")
+        fn = choice.get("function")
+        wanted = fn.get("name") if isinstance(fn, dict) else None
         only = [t for t in tools if t["function"]["name"] == wanted]
         if not only:
             raise _bad(f"'tool_choice' names {wanted!r}, which is not in 'tools'", "tool_choice")
@@ -344,7 +346,8 @@ def _format(body: dict[str, Any]) -> Any:
     if rf.get("type") == "json_object":
         return "json"
     if rf.get("type") == "json_schema":
-        schema = (rf.get("json_schema") or {}).get("schema")
+        given = rf.get("json_schema")
+        schema = given.get("schema") if isinstance(given, dict) else None
         return schema if isinstance(schema, dict) else "json"
     return None
 
@@ -503,7 +506,10 @@ def usage_from_ollama(data: Any, spec: CallSpec | None = None) -> Usage | None:
         return None
     prompt, completion = data.get("prompt_eval_count"), data.get("eval_count")
     if _is_int(prompt):
-        return Usage(prompt_tokens=prompt, completion_tokens=as_int(completion))
+        cached = min(as_int(data.get("prompt_eval_cached_count")), prompt)
+        return Usage(
+            prompt_tokens=prompt, completion_tokens=as_int(completion), cache_read_tokens=cached
+        )
     if not _is_int(completion) or spec is None:
         return None
     return Usage(estimate_tokens(prompt_text(spec)), completion, estimated=True)
@@ -607,7 +613,10 @@ def generate_to_openai(data: dict[str, Any], spec: CallSpec, name: str = NAME) -
 def encode_vector(values: list[Any], encoding: Any) -> Any:
     """A vector as the client asked for it: floats, or base64 of little-endian float32."""
     if encoding == "base64":
-        return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+        try:
+            return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+        except struct.error:
+            raise ProviderError(502, "an embedding of the upstream answer is not numbers") from None
     return values
 
 
@@ -687,7 +696,7 @@ def error_from_ollama(
     name: str, status: int, headers: dict[str, str], body: bytes
 ) -> ProviderError:
     """Ollama's `{"error": "..."}` (or anything else) with the upstream status."""
-    return generic_error(name, status, headers, body)
+    return readable(generic_error(name, status, headers, body), name)
 
 
 # ------------------------------------------------------------------ streams
@@ -902,6 +911,11 @@ def _stream_path(path: str) -> bool:
 
 class Ollama(Provider):
     name = NAME
+    # prompt_eval_count counts the whole prompt, the KV-cache hits included (Ollama 0.30
+    # and later; `prompt_eval_cached_count` says how many were cached). Older versions
+    # counted only what they evaluated, or left the field out on a cache hit: the prompt
+    # is estimated then.
+    input_includes_cache = True
     default_base_url = DEFAULT_BASE_URL
     route_types = frozenset(
         {RouteType.CHAT, RouteType.COMPLETIONS, RouteType.EMBEDDINGS, RouteType.PRESERVE}

@@ -56,6 +56,13 @@ Quirks, per host (each is a field of its `Host` entry):
   that take it (vllm, together, openrouter, dashscope, databricks).
   `max_completion_tokens` becomes `max_tokens` for hosts that only know the latter
   (deepseek, together, dashscope, databricks).
+- **Text-only hosts.** DeepSeek's API serves no vision model and refuses any content
+  part but text (400 "unknown variant `image_url`, expected `text`", from its JSON
+  deserializer): an image, audio or file part sent to deepseek is the gateway's own 400
+  (`code: unsupported_content`, `param: messages`) naming the part, before any upstream
+  call. The other hosts take images for the models that read them (vllm, groq, xai,
+  together, openrouter, cerebras, dashscope, databricks: model dependent), and a model
+  that does not gets the host's own error.
 - **Embeddings as base64** (what the openai SDK asks for by default): sent as asked to
   hosts that support `encoding_format: base64` (vllm, openrouter); the others
   (together, dashscope, databricks) get no `encoding_format` and the gateway encodes
@@ -122,6 +129,9 @@ class Host:
     base_url: str | None
     #: route type -> path below the base URL (the route types served, preserve aside)
     paths: Mapping[RouteType, str]
+    #: whether the host's prompt_tokens counts the cached tokens too (`Provider.
+    #: input_includes_cache`; stated per host, with the host's own semantics)
+    input_includes_cache: bool
     #: the base URL's path for hosts without a fixed base URL (databricks)
     base_path: str = ""
     #: an example upstream_url for the config error of hosts without a base URL
@@ -137,6 +147,9 @@ class Host:
     max_tokens_only: bool = False
     #: rejects `name` on messages
     rejects_message_name: bool = False
+    #: takes text content parts only (no vision model served): an image, audio or file
+    #: part is the gateway's own clear 400, not the host's deserializer error
+    text_only: bool = False
     #: fields it rejects, removed whatever their value
     drop: frozenset[str] = frozenset()
     #: fields it rejects, removed when their value is one of these (sent otherwise, so
@@ -159,6 +172,9 @@ HOSTS: tuple[Host, ...] = (
         "vllm",
         None,
         V1_PATHS,
+        # prompt_tokens is the whole prompt; prefix-cache hits are in
+        # prompt_tokens_details.cached_tokens (with --enable-prompt-tokens-details)
+        input_includes_cache=True,
         upstream_example="http://127.0.0.1:8000",
         top_k=True,
     ),
@@ -166,17 +182,25 @@ HOSTS: tuple[Host, ...] = (
         "deepseek",
         "https://api.deepseek.com",
         {CHAT: "/chat/completions", COMPLETIONS: "/beta/completions"},
+        # prompt_tokens = prompt_cache_hit_tokens + prompt_cache_miss_tokens
+        input_includes_cache=True,
         max_tokens_only=True,
+        # 400 "unknown variant `image_url`, expected `text`" from the API itself
+        text_only=True,
     ),
     Host(
         "xai",
         "https://api.x.ai",
         {CHAT: "/v1/chat/completions", COMPLETIONS: "/v1/completions"},
+        # prompt_tokens counts prompt_tokens_details.cached_tokens too
+        input_includes_cache=True,
     ),
     Host(
         "groq",
         "https://api.groq.com/openai",
         {CHAT: "/v1/chat/completions"},
+        # prompt_tokens counts prompt_tokens_details.cached_tokens too
+        input_includes_cache=True,
         rejects_message_name=True,
         neutral={
             "n": (None, 1),
@@ -189,6 +213,8 @@ HOSTS: tuple[Host, ...] = (
         "together",
         "https://api.together.xyz",
         V1_PATHS,
+        # prompt_tokens is the whole prompt (cached_tokens, where reported, among them)
+        input_includes_cache=True,
         stream_usage=False,
         top_k=True,
         embeddings_base64=False,
@@ -198,12 +224,17 @@ HOSTS: tuple[Host, ...] = (
         "openrouter",
         "https://openrouter.ai/api",
         V1_PATHS,
+        # prompt_tokens is the whole prompt: the cache reads (prompt_tokens_details.
+        # cached_tokens) and the cache writes (cache_write_tokens) are parts of it
+        input_includes_cache=True,
         top_k=True,
     ),
     Host(
         "cerebras",
         "https://api.cerebras.ai",
         {CHAT: "/v1/chat/completions", COMPLETIONS: "/v1/completions"},
+        # prompt_tokens counts prompt_tokens_details.cached_tokens too
+        input_includes_cache=True,
         stream_usage=False,
         drop=frozenset({"parallel_tool_calls", "service_tier"}),
         neutral={"frequency_penalty": _ZERO, "presence_penalty": _ZERO, "logit_bias": (None, {})},
@@ -212,6 +243,9 @@ HOSTS: tuple[Host, ...] = (
         "dashscope",
         "https://dashscope-intl.aliyuncs.com/compatible-mode",
         V1_PATHS,
+        # prompt_tokens counts the cached_tokens (and the explicit cache's
+        # cache_creation_input_tokens) of prompt_tokens_details
+        input_includes_cache=True,
         top_k=True,
         embeddings_base64=False,
         max_tokens_only=True,
@@ -220,6 +254,8 @@ HOSTS: tuple[Host, ...] = (
         "databricks",
         None,
         {CHAT: "/chat/completions", COMPLETIONS: "/completions", EMBEDDINGS: "/embeddings"},
+        # OpenAI's usage of the served model: prompt_tokens is the whole prompt
+        input_includes_cache=True,
         base_path="/serving-endpoints",
         upstream_example="https://<workspace>.cloud.databricks.com/serving-endpoints",
         stream_usage=False,
@@ -411,6 +447,11 @@ class CompatibleStream(OpenAIStream):
     def _observe(self, obj: dict[str, Any]) -> None:
         """A hook for host-specific fields of a chunk (Azure's filter results)."""
 
+    def _absorb(self, obj: dict[str, Any], choices: list[Any]) -> None:
+        # the client gets the host's chunk as it is; the recorded answer keeps what has
+        # OpenAI's types only (a number or object where text belongs is not text)
+        super()._absorb(obj, clean_choices(choices))
+
     def _fail(self, error: ProviderError, out: list[bytes]) -> None:
         self.error = error
         self._failed = True
@@ -429,6 +470,48 @@ class CompatibleStream(OpenAIStream):
             "choices": [],
             "usage": self.usage.to_openai(),
         }
+
+
+_TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
+
+
+def clean_choices(choices: list[Any]) -> list[dict[str, Any]]:
+    """The choices of a stream chunk with only OpenAI's types where the running answer
+    is read: text fields that are strings, tool calls that are objects with a function
+    object whose name and arguments are strings. What is not is left out."""
+    out = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        choice = dict(choice)
+        if "text" in choice and not isinstance(choice["text"], str):
+            del choice["text"]
+        if not isinstance(choice.get("finish_reason"), (str, type(None))):
+            choice["finish_reason"] = None
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            delta = {k: v for k, v in delta.items() if k not in _TEXT_FIELDS or isinstance(v, str)}
+            calls = delta.get("tool_calls")
+            if calls is not None:
+                delta["tool_calls"] = [
+                    _clean_call(c) for c in (calls if isinstance(calls, list) else ())
+                ]
+            choice["delta"] = delta
+        out.append(choice)
+    return out
+
+
+def _clean_call(call: Any) -> dict[str, Any]:
+    call = dict(call) if isinstance(call, dict) else {}
+    if not isinstance(call.get("id"), (str, type(None))):
+        del call["id"]
+    fn = call.get("function")
+    fn = dict(fn) if isinstance(fn, dict) else {}
+    for key in ("name", "arguments"):
+        if key in fn and not isinstance(fn[key], str):
+            del fn[key]
+    call["function"] = fn
+    return call
 
 
 def _is_json(data: str) -> bool:
@@ -467,6 +550,16 @@ def _stream_error(name: str, err: Any) -> ProviderError:
 _TYPE = re.compile(r"^[a-z][a-z_]*$")
 
 
+def readable(err: ProviderError, name: str) -> ProviderError:
+    """`err` with a text message: an upstream error whose `message` is not a string
+    (an object, a list, a number) is given as its JSON, an empty one says the status."""
+    if not isinstance(err.message, str):
+        err.message = json.dumps(err.message)[:500]
+    if not err.message.strip():
+        err.message = f"{name} upstream returned HTTP {err.status} with an empty error message"
+    return err
+
+
 def _openai_type(kind: Any) -> bool:
     """An error `type` in OpenAI's style (snake_case), not a class name or null."""
     return isinstance(kind, str) and bool(_TYPE.match(kind))
@@ -483,6 +576,7 @@ class OpenAICompatible(OpenAI):
         self.name = host.name
         self.default_base_url = host.base_url or ""
         self.route_types = frozenset(host.paths) | {PRESERVE}
+        self.input_includes_cache = host.input_includes_cache
 
     def config_errors(self, model: Any, route_type: RouteType, auth: Any = None) -> list[str]:
         errors = super().config_errors(model, route_type, auth)
@@ -560,6 +654,8 @@ class OpenAICompatible(OpenAI):
         if host.max_tokens_only and "max_completion_tokens" in body:
             value = body.pop("max_completion_tokens")
             body.setdefault("max_tokens", value)
+        if host.text_only:
+            _check_text_only(self.name, body.get("messages"))
         if host.rejects_message_name and isinstance(body.get("messages"), list):
             body["messages"] = [
                 {k: v for k, v in m.items() if k != "name"} if isinstance(m, dict) else m
@@ -578,7 +674,7 @@ class OpenAICompatible(OpenAI):
         return reply
 
     def parse_error(self, status: int, headers: dict[str, str], body: bytes) -> ProviderError:
-        err = generic_error(self.name, status, headers, body)
+        err = readable(generic_error(self.name, status, headers, body), self.name)
         try:
             data = json.loads(body)
         except ValueError:
@@ -600,6 +696,24 @@ class OpenAICompatible(OpenAI):
 
     def usage_from(self, data: dict[str, Any]) -> Usage | None:
         return usage_from_compatible(data.get("usage"))
+
+
+def _check_text_only(name: str, messages: Any) -> None:
+    """A 400 naming the first content part that is not text, for a text-only host."""
+    for i, m in enumerate(messages if isinstance(messages, list) else ()):
+        content = m.get("content") if isinstance(m, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise ProviderError(
+                    400,
+                    f"provider {name!r} takes text only: messages[{i}].content[{j}] is "
+                    f"{'an' if str(kind)[:1] in 'aeiou' else 'a'} {kind!r} part ({name} "
+                    "serves no model that reads images, audio or files)",
+                    "invalid_request_error",
+                    "unsupported_content",
+                    "messages",
+                )
 
 
 def _is_neutral(value: Any, neutral: tuple[Any, ...]) -> bool:

@@ -32,7 +32,14 @@ EMB_MODEL = "BAAI/bge-small-en-v1.5"
 AUTH = '{header_name: Authorization, header_value: "Bearer {vault://env/LLMITM_HF_TOKEN}"}'
 
 
-def route(name: str, path: str, route_type: str, model: str, options: str = "") -> str:
+def route(
+    name: str,
+    path: str,
+    route_type: str,
+    model: str,
+    options: str = "",
+    upstream: str = "ROUTER",
+) -> str:
     return f"""
       - name: {name}
         paths: ["{path}"]
@@ -44,7 +51,7 @@ def route(name: str, path: str, route_type: str, model: str, options: str = "") 
               model:
                 provider: huggingface
                 name: {model}
-                options: {{upstream_url: "UPSTREAM"{options}}}
+                options: {{upstream_url: "{upstream}"{options}}}
               logging: {{log_statistics: true, log_payloads: true}}"""
 
 
@@ -79,8 +86,27 @@ services:
         CHAT_MODEL,
         ", huggingface: {wait_for_model: true}",
     )
-    + route("tgi-generate", "/tgi/v1/completions", "llm/v1/completions", TG_MODEL).replace(
-        '"UPSTREAM"}', '"UPSTREAM/generate"}'
+    + route(
+        "tgi-generate",
+        "/tgi/v1/completions",
+        "llm/v1/completions",
+        TG_MODEL,
+        upstream="UPSTREAM/generate",
+    )
+    # a TGI / TEI server (or an Inference Endpoint) given by its base URL
+    + route(
+        "server-chat", "/server/v1/chat/completions", "llm/v1/chat", CHAT_MODEL, "", "UPSTREAM/v1/"
+    )
+    + route(
+        "server-completions",
+        "/server/v1/completions",
+        "llm/v1/completions",
+        TG_MODEL,
+        "",
+        "UPSTREAM",
+    )
+    + route(
+        "server-embeddings", "/server/v1/embeddings", "llm/v1/embeddings", EMB_MODEL, "", "UPSTREAM"
     )
     + """
       - name: hf-native
@@ -95,7 +121,7 @@ services:
     + """
               model: {provider: huggingface, name: """
     + TG_MODEL
-    + """, options: {upstream_url: "UPSTREAM"}}
+    + """, options: {upstream_url: "ROUTER"}}
               logging: {log_statistics: true, log_payloads: true}
       - name: hf-wrong-token
         paths: ["/wrong/v1/chat/completions"]
@@ -106,7 +132,7 @@ services:
               auth: {header_name: Authorization, header_value: "Bearer hf_not_the_right_one"}
               model: {provider: huggingface, name: """
     + CHAT_MODEL
-    + """, options: {upstream_url: "UPSTREAM"}}
+    + """, options: {upstream_url: "ROUTER"}}
 plugins:
   - name: file-log
     config: {path: "{records}"}
@@ -116,7 +142,11 @@ plugins:
 
 @pytest.fixture(scope="module")
 def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    config = CONFIG.replace("UPSTREAM", upstream.url)
+    # the fake serves the router's paths at its root: it is given as a mirror of the
+    # router (its /hf-inference task path), and as a server by its own base URL
+    config = CONFIG.replace("ROUTER", f"{upstream.url}/hf-inference").replace(
+        "UPSTREAM", upstream.url
+    )
     g = Gateway(
         tmp_path_factory.mktemp("gw-huggingface"),
         config,
@@ -562,6 +592,45 @@ def test_completions_through_tgis_own_routes(gw: Gateway, fake: FakeUpstream, st
     rec = my_record(gw)
     assert usage_of(rec)["source"] == "reported"
     assert usage_of(rec)["prompt_tokens"] == 11
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_server_by_its_base_url(gw: Gateway, fake: FakeUpstream, stream: bool) -> None:
+    """A TGI / TEI server or an Inference Endpoint given by its base URL (a bare origin,
+    or the `/v1/` URL Hugging Face documents): chat, completions and embeddings each go
+    to the server's own route, never to the router's task paths (a 404 there)."""
+    serve(fake, Script(text="Paris is lovely.", flavour="tgi", prompt_tokens=11))
+    client = client_for(gw, "server")
+
+    chat = client.chat.completions.create(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": "Paris?"}], stream=stream
+    )
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in chat if c.choices)
+    else:
+        text = chat.choices[0].message.content
+    assert text == "Paris is lovely."
+    assert fake.last().path == "/v1/chat/completions"  # not POST /v1/
+    assert my_record(gw)["status"] == "ok"
+
+    TAG["id"] = f"msg-{uuid.uuid4().hex}"
+    client = client_for(gw, "server")
+    done = client.completions.create(model=TG_MODEL, prompt="Paris?", stream=stream)
+    text = "".join(c.choices[0].text for c in done if c.choices) if stream else done.choices[0].text
+    assert text == "Paris is lovely."
+    sent = fake.last()
+    assert sent.path == ("/generate_stream" if stream else "/generate")  # TGI's own routes
+    assert "stream" not in sent.json()
+    assert usage_of(my_record(gw))["prompt_tokens"] == 11
+
+    TAG["id"] = f"msg-{uuid.uuid4().hex}"
+    client = client_for(gw, "server")
+    result = client.embeddings.create(model=EMB_MODEL, input=["hello"], encoding_format="float")
+    assert result.data[0].embedding == pytest.approx(vector("hello", 4))
+    sent = fake.last()
+    assert sent.path == "/embed"  # TEI's route
+    assert sent.json() == {"inputs": ["hello"]}
+    assert my_record(gw)["route"] == {"name": "server-embeddings"}
 
 
 # -------------------------------------------------------------------- embeddings

@@ -594,6 +594,25 @@ def test_llama2_raw_stream_error_event(gw: Gateway, fake: FakeUpstream) -> None:
     assert my_record(gw)["status"] == "error"
 
 
+def test_llama2_raw_on_the_hf_inference_api_a_loading_model_is_a_503_with_retry_after(
+    gw: Gateway, fake: FakeUpstream
+) -> None:
+    """The Hugging Face Inference API's model-loading 503 says how long to wait: the
+    client gets that time and a Retry-After, as with provider huggingface."""
+    loading = {"error": f"Model {LLAMA} is currently loading", "estimated_time": 20.5}
+    fake.reply(Reply.json(loading, 503))
+    with pytest.raises(openai.InternalServerError) as e:
+        client_for(gw, "llama-raw").chat.completions.create(
+            model=LLAMA, messages=[{"role": "user", "content": "x"}]
+        )
+    assert e.value.status_code == 503
+    assert e.value.response.headers["retry-after"] == "21"
+    assert f"Model {LLAMA} is currently loading (estimated time 20.5 s)" in e.value.message
+    assert e.value.body["code"] == "model_loading"
+    rec = my_record(gw)
+    assert (rec["error"]["status"], rec["error"]["source"]) == (503, "upstream")
+
+
 def test_llama2_raw_tools_are_a_400_without_an_upstream_call(
     gw: Gateway, fake: FakeUpstream
 ) -> None:
@@ -671,6 +690,26 @@ def test_llama2_openai_stream(gw: Gateway, fake: FakeUpstream) -> None:
     assert all(c.usage is None for c in chunks)  # asked upstream for the record only
     assert fake.last().json()["stream_options"] == {"include_usage": True}
     assert usage_of(my_record(gw))["completion_tokens"] == 4
+
+
+def test_llama2_openai_stream_cut_before_its_end_is_an_error(
+    gw: Gateway, fake: FakeUpstream
+) -> None:
+    """An OpenAI-format stream that stops with neither a finish reason nor [DONE] was
+    cut: the client's stream ends with an error event and the record says so."""
+    events = chat_stream(["Because", " it"], model=LLAMA)
+    fake.reply(Reply.sse(events[:3]))  # the role chunk and two words, then a clean close
+    got: list[str] = []
+    with pytest.raises(openai.APIError) as e:
+        for c in client_for(gw, "llama-openai").chat.completions.create(
+            model=LLAMA, messages=[{"role": "user", "content": "Why?"}], stream=True
+        ):
+            got += [ch.delta.content or "" for ch in c.choices]
+    assert "".join(got) == "Because it"
+    assert "ended before the answer was complete" in e.value.message
+    rec = my_record(gw)
+    assert rec["status"] == "error"
+    assert (rec["error"]["status"], rec["error"]["source"]) == (502, "upstream")
 
 
 # ==================================================================== mistral, openai format

@@ -502,15 +502,23 @@ def test_every_host_chat_stream_tools_and_images(
     c = client(gw, f"m-{host}")
     serve(fake, host, Script(text="Two."))
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
-    out = c.chat.completions.create(
-        model="matrix-model",
-        messages=[{"role": "user", "content": [{"type": "text", "text": "1+1?"}, image]}],
-    )
+    with_image = [{"role": "user", "content": [{"type": "text", "text": "1+1?"}, image]}]
+    if HOSTS[host].text_only:  # DeepSeek: the gateway's clear 400, not the host's
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="matrix-model", messages=with_image)
+        assert e.value.code == "unsupported_content" and e.value.body["param"] == "messages"
+        assert "messages[0].content[1] is an 'image_url' part" in e.value.message
+        assert fake.received == []  # refused before any upstream call
+        assert my_record(gw)["error"]["source"] == "gateway"
+        TAG["id"] = f"msg-{uuid.uuid4().hex}"  # the text-only call's own record
+        c = client(gw, f"m-{host}")
+        with_image = ASK
+    out = c.chat.completions.create(model="matrix-model", messages=with_image)
     assert out.choices[0].message.content == "Two."
     sent = fake.last()
     assert sent.path == HOSTS[host].paths["chat"]
     assert sent.headers["authorization"] == f"Bearer {SECRET}"
-    assert sent.json()["messages"][0]["content"][1] == image
+    assert sent.json()["messages"] == with_image
     rec = my_record(gw)
     assert meta_of(rec)["provider_name"] == host
     assert (usage_of(rec)["prompt_tokens"], usage_of(rec)["completion_tokens"]) == (23, 9)

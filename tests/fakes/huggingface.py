@@ -14,6 +14,10 @@ Paths it serves (every request needs `Authorization: Bearer <token>`):
 - `POST /hf-inference/models/{model}/pipeline/feature-extraction` (and TEI's
   `/embed`): one vector per input, or per-token vectors with `token_level`.
 
+With `flavour="tgi"` it is a self-hosted server (TGI and TEI's routes: `/v1/chat/completions`,
+`/generate`, `/generate_stream`, `/`, `/embed`): the router's task paths are a 404, as on
+a real TGI or TEI.
+
 It rejects what the real servers reject (a missing or wrong token, a chat body with
 fields OpenAI's API does not have, TGI's parameter validation: temperature and top_k
 strictly positive, top_p strictly between 0 and 1, at most 4 stop sequences) and is
@@ -158,6 +162,8 @@ def huggingface_api(token: str, script: Script | None = None) -> Handler:
             return deserialize("expected value at line 1 column 1")
         if not isinstance(body, dict):
             return deserialize("invalid type: expected a JSON object")
+        if s.flavour == "tgi" and path.startswith(("/hf-inference/", "/models/")):
+            return Reply(404, {}, b"")  # the router's task API: TGI and TEI have no such route
         model = _model_of(path, body)
         if s.loading is not None and not _waits(req, body):
             return hf_error(503, f"Model {model} is currently loading", estimated_time=s.loading)

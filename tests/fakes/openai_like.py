@@ -127,6 +127,9 @@ class Dialect:
     error_style: str = "openai"
     #: only knows max_tokens (max_completion_tokens is a 400)
     max_tokens_only: bool = False
+    #: takes text content parts only: an image part is a 400, as DeepSeek's API answers
+    #: (its message content is `text` parts or a string; no vision model is served)
+    text_only: bool = False
 
 
 def dialects(api_key: str) -> dict[str, Dialect]:
@@ -153,6 +156,7 @@ def dialects(api_key: str) -> dict[str, Dialect]:
             usage_style="deepseek",
             max_tokens_only=True,
             extra_fields=frozenset({"thinking"}),
+            text_only=True,
         ),
         "xai": Dialect(
             "xai",
@@ -360,6 +364,11 @@ def check_messages(d: Dialect, messages: Any, body: dict[str, Any]) -> str | Non
                     "file",
                 ):
                     return f"{where}.content[{j}]: unknown content part type"
+                if part["type"] != "text" and d.text_only:
+                    return (
+                        "Failed to deserialize the JSON body into the target type: "
+                        f"{where}: unknown variant `{part['type']}`, expected `text`"
+                    )
                 if part["type"] == "image_url":
                     url = (part.get("image_url") or {}).get("url")
                     if not isinstance(url, str) or not url.startswith(("http", "data:image/")):

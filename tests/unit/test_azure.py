@@ -18,7 +18,7 @@ from providers.base import CallSpec, ProviderError, RouteType, Usage
 from providers.options import ModelConfig
 from tests.fakes.azure import AzureScript, azure_api
 from tests.fakes.upstream import Received
-from tests.unit.conftest import byte_by_byte, every_split, fixture_json, load, spec
+from tests.unit.conftest import byte_by_byte, every_split, fixture, fixture_json, load, spec
 
 CHAT, COMPLETIONS, EMBEDDINGS, PRESERVE = (
     RouteType.CHAT,
@@ -326,6 +326,19 @@ def test_kongs_real_azure_responses_reach_the_client_as_expected(
     u = real["usage"]
     assert reply.usage == Usage(u["prompt_tokens"], u["completion_tokens"])
     assert reply.model == real["model"]
+
+
+def test_kongs_azure_answer_in_json_reaches_the_client_untouched() -> None:
+    """Kong's request-transformer fixture: a whole Azure chat answer whose content is
+    JSON text, with a null system_fingerprint."""
+    raw = fixture("azure/request-transformer/response-in-json.json").read_bytes()
+    reply = PROVIDER.parse_response(aspec(CHAT), 200, {}, raw)
+    assert reply.body == raw  # byte for byte, as Azure sent it
+    content = reply.data["choices"][0]["message"]["content"]
+    assert json.loads(content)["persons"][1] == {"name": "Kong B", "age": 84}
+    assert reply.usage == Usage(25, 12)
+    assert reply.model == "gpt-3.5-turbo-0613"
+    assert reply.data["choices"][0]["finish_reason"] == "stop"
 
 
 def test_the_fake_accepts_what_the_adapter_sends_and_rejects_what_azure_rejects() -> None:

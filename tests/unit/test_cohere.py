@@ -1366,6 +1366,58 @@ def test_embeddings_v1_shape_and_estimated_usage() -> None:
     assert reply.data["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
 
 
+# ------------------------------------------------------------------ Kong's request fixtures
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_kongs_good_completions_request(version: str) -> None:
+    body = fixture_json("cohere/llm-v1-completions/requests/good.json")
+    out = sent(body, COMPLETIONS, version=version)
+    if version == "v1":
+        assert out["prompt"] == "What are you?"  # /v1/generate
+    else:
+        assert out["messages"] == [{"role": "user", "content": "What are you?"}]
+
+
+@pytest.mark.parametrize(
+    "route_type, rel, param",
+    [
+        (COMPLETIONS, "cohere/llm-v1-completions/requests/bad_request.json", "prompt"),
+        (CHAT, "cohere/llm-v1-chat/requests/bad_request.json", "messages"),
+    ],
+)
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_kongs_bad_requests_are_400s_naming_the_missing_field(
+    route_type: RouteType, rel: str, param: str, version: str
+) -> None:
+    """Kong's fixtures misspell the field (`tpmorp`, `segassem`): a 400 that names the
+    field the request lacks, before any upstream call (the gateway's own check, then the
+    adapter's)."""
+    body = fixture_json(rel)
+    with pytest.raises(ProviderError) as e:
+        llm_request.validate(route_type, body)
+    assert (e.value.status, e.value.param) == (400, param)
+    assert param in e.value.message
+    with pytest.raises(ProviderError) as e:
+        PROVIDER.build_request(cspec(body, route_type, version=version))
+    assert e.value.status == 400 and param in e.value.message
+
+
+def test_kongs_own_model_request_is_refused_on_a_route_with_a_model() -> None:
+    """Kong's `good_own_model` asks for another model than the route's: Kong's 400,
+    and without a configured model the client's model is the one sent."""
+    body = fixture_json("cohere/llm-v1-chat/requests/good_own_model.json")
+    with pytest.raises(ProviderError) as e:
+        llm_request.resolve_model(CHAT, MODEL, body)
+    assert (e.value.status, e.value.param) == (400, "model")
+    assert e.value.message == f"cannot use own model - must be: {MODEL}"
+    model = llm_request.resolve_model(CHAT, None, body)
+    assert model == "try-to-override-the-model"
+    out = sent(body, model=model)
+    assert out["model"] == "try-to-override-the-model"
+    assert out["messages"][-1] == {"role": "user", "content": "What is 1 + 1?"}
+
+
 # ------------------------------------------------------------------ errors
 
 
@@ -1386,6 +1438,11 @@ def test_embeddings_v1_shape_and_estimated_usage() -> None:
             400,
             fixture("cohere/llm-v1-completions/responses/bad_request.json").read_bytes(),
             (400, "Invalid request", "invalid_request_error", None),
+        ),
+        (
+            401,
+            fixture("cohere/llm-v1-completions/responses/unauthorized.json").read_bytes(),
+            (401, "invalid api token", "authentication_error", None),
         ),
         (
             429,

@@ -100,6 +100,11 @@ def test_unknown_huggingface_option_is_a_load_error() -> None:
 # ------------------------------------------------------------------ URLs and headers
 
 
+HF_API = "https://api-inference.huggingface.co"
+MIRROR = "http://mirror:1"
+ENDPOINT = "https://xyz.us-east-1.aws.endpoints.huggingface.cloud"
+
+
 @pytest.mark.parametrize(
     "route_type, upstream_url, stream, expected",
     [
@@ -113,16 +118,45 @@ def test_unknown_huggingface_option_is_a_load_error() -> None:
             False,
             f"{ROUTER}/hf-inference/models/{MODEL}/pipeline/feature-extraction",
         ),
-        # a bare origin (a TGI server, an Inference Endpoint, a mirror) keeps the path
-        (CHAT, "http://tgi:8080", True, "http://tgi:8080/v1/chat/completions"),
-        (CHAT, "http://tgi:8080/", False, "http://tgi:8080/v1/chat/completions"),
-        (COMPLETIONS, "http://mirror:1", False, f"http://mirror:1/hf-inference/models/{MODEL}"),
+        # the router's own host as a bare origin keeps the router's paths
+        (COMPLETIONS, ROUTER + "/", False, f"{ROUTER}/hf-inference/models/{MODEL}"),
+        (CHAT, "https://api-inference.huggingface.co", False, f"{HF_API}/v1/chat/completions"),
+        # and so does its /v1 base URL (what Hugging Face documents for OpenAI clients)
+        (CHAT, f"{ROUTER}/v1", False, f"{ROUTER}/v1/chat/completions"),
+        (COMPLETIONS, f"{ROUTER}/v1/", False, f"{ROUTER}/hf-inference/models/{MODEL}"),
         (
             EMBEDDINGS,
-            "https://mirror",
+            f"{ROUTER}/v1",
             False,
-            f"https://mirror/hf-inference/models/{MODEL}/pipeline/feature-extraction",
+            f"{ROUTER}/hf-inference/models/{MODEL}/pipeline/feature-extraction",
         ),
+        # a mirror of the router is given with its /hf-inference path: its root is before
+        (
+            COMPLETIONS,
+            "http://mirror:1/hf-inference",
+            True,
+            f"{MIRROR}/hf-inference/models/{MODEL}",
+        ),
+        (CHAT, "http://mirror:1/hf-inference/", False, f"{MIRROR}/v1/chat/completions"),
+        (
+            EMBEDDINGS,
+            "http://mirror:1/hf-inference",
+            False,
+            f"{MIRROR}/hf-inference/models/{MODEL}/pipeline/feature-extraction",
+        ),
+        (CHAT, "https://p.corp/hf/hf-inference", False, "https://p.corp/hf/v1/chat/completions"),
+        # a server's base URL (a bare origin, or the /v1 base URL Hugging Face documents
+        # for Inference Endpoints): chat on its Messages API, completions on TGI's own
+        # /generate routes, embeddings on TEI's /embed
+        (CHAT, "http://tgi:8080", True, "http://tgi:8080/v1/chat/completions"),
+        (CHAT, "http://tgi:8080/", False, "http://tgi:8080/v1/chat/completions"),
+        (CHAT, f"{ENDPOINT}/v1/", False, f"{ENDPOINT}/v1/chat/completions"),
+        (CHAT, f"{ENDPOINT}/v1", True, f"{ENDPOINT}/v1/chat/completions"),
+        (COMPLETIONS, "http://tgi:8080", False, "http://tgi:8080/generate"),
+        (COMPLETIONS, "http://tgi:8080/", True, "http://tgi:8080/generate_stream"),
+        (COMPLETIONS, f"{ENDPOINT}/v1/", False, f"{ENDPOINT}/generate"),
+        (EMBEDDINGS, "http://tei:8080", False, "http://tei:8080/embed"),
+        (EMBEDDINGS, f"{ENDPOINT}/v1/", False, f"{ENDPOINT}/embed"),
         # a URL with a path is used as written
         (
             CHAT,
@@ -152,6 +186,16 @@ def test_upstream_url_rules(
     assert req.url == expected
     assert req.method == "POST"
     assert req.stream is (stream and route_type is not EMBEDDINGS)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completions_to_a_tgi_server_by_its_origin_use_its_generate_routes(stream: bool) -> None:
+    """TGI's /generate and /generate_stream take no `stream` flag (the route decides)."""
+    req = PROVIDER.build_request(
+        hspec(COMPLETIONS, {"prompt": "hi"}, stream=stream, upstream_url="http://tgi:8080")
+    )
+    assert req.url == "http://tgi:8080/generate" + ("_stream" if stream else "")
+    assert "stream" not in json.loads(req.body)
 
 
 def test_model_ids_keep_their_slash_and_are_quoted() -> None:
@@ -1417,6 +1461,26 @@ NATIVE_REQUESTS: list[tuple[str, str, dict[str, Any], str | None, str | None, st
         "http://tgi:8080/generate_stream",
         True,
         None,
+    ),
+    (
+        "generate-to-a-tgi-server-by-its-origin",
+        "/generate_stream",
+        {"inputs": "x"},
+        MODEL,
+        "http://tgi:8080",
+        "http://tgi:8080/generate_stream",
+        True,
+        None,
+    ),
+    (
+        "chat-to-an-endpoint-by-its-v1-base-url",
+        "/v1/chat/completions",
+        {"model": "other", "messages": HI},
+        MODEL,
+        f"{ENDPOINT}/v1/",
+        f"{ENDPOINT}/v1/chat/completions",
+        False,
+        {"model": MODEL, "messages": HI},
     ),
     (
         "task-path-gets-the-configured-model",

@@ -274,6 +274,17 @@ def test_kong_fixture_chat_with_a_later_system_message() -> None:
     )
 
 
+def test_kong_fixture_completions_request() -> None:
+    """Kong's raw completions request: the prompt wrapped as one instruction (without
+    Kong's own system prompt and its malformed `<</SYS>` tag), TGI's parameters."""
+    body = fixture_json("llama2/raw/requests/good-completions.json")
+    out = sent(body, COMPLETIONS)
+    assert out == {
+        "inputs": "<s>[INST] What is Missingno.? [/INST]",
+        "parameters": {"return_full_text": False, "details": True},
+    }
+
+
 @pytest.mark.parametrize(
     "prompt, expected",
     [
@@ -838,6 +849,40 @@ def test_openai_format_delegates_to_the_openai_adapter() -> None:
     with pytest.raises(ProviderError) as e:
         PROVIDER.parse_response(lspec(body, fmt="openai"), 200, {}, b'{"id": "x"}')
     assert e.value.message == "llama2: the upstream answer has no 'choices'"
+
+
+def test_openai_format_stream_cut_before_its_end_is_an_error() -> None:
+    """A stream that ends with neither a finish reason nor [DONE] was cut: the client's
+    stream ends with an error event (as for vllm), not a silent [DONE]."""
+    spec = lspec({"messages": HI}, fmt="openai", upstream_url="http://vllm:8000", stream=True)
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+    cut = b"".join(
+        b"data: " + json.dumps({**head, "choices": [choice]}).encode() + b"\n\n"
+        for choice in (
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None},
+            {"index": 0, "delta": {"content": "Because"}, "finish_reason": None},
+        )
+    )
+    t = PROVIDER.stream_translator(spec)
+    out = b"".join(t.feed(cut) + t.finish())
+    assert t.error is not None and t.error.status == 502
+    assert "ended before the answer was complete" in t.error.message
+    events = [e for e in out.split(b"\n\n") if e.startswith(b"data: {")]
+    assert json.loads(events[-1][6:])["error"]["message"] == t.error.message
+    assert out.endswith(b"data: [DONE]\n\n")
+
+    whole = (
+        cut
+        + b"data: "
+        + json.dumps(
+            {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        ).encode()
+        + b"\n\ndata: [DONE]\n\n"
+    )
+    t = PROVIDER.stream_translator(spec)
+    t.feed(whole)
+    t.finish()
+    assert t.error is None and t.assembled()["choices"][0]["message"]["content"] == "Because"
 
 
 def test_embeddings_are_not_built() -> None:

@@ -1199,3 +1199,74 @@ def test_a_preserve_route_observes_other_apis_streams_without_judging_them() -> 
     t = translator("openrouter")
     run(t, [responses])
     assert t.error is not None
+
+
+# ====================================================================== text-only hosts
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+@pytest.mark.parametrize(
+    "part, article",
+    [
+        (IMAGE, "an 'image_url'"),
+        ({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}, "an"),
+        ({"type": "file", "file": {"file_id": "f"}}, "a 'file'"),
+    ],
+)
+def test_deepseek_refuses_parts_that_are_not_text_with_a_clear_400(
+    part: dict[str, Any], article: str
+) -> None:
+    """DeepSeek answers 400 "unknown variant `image_url`, expected `text`" from its JSON
+    deserializer: the gateway says what is wrong itself, before any upstream call."""
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "What is this?"}, part]},
+    ]
+    with pytest.raises(ProviderError) as e:
+        sent("deepseek", {"messages": messages})
+    err = e.value
+    assert (err.status, err.type, err.code, err.param) == (
+        400,
+        "invalid_request_error",
+        "unsupported_content",
+        "messages",
+    )
+    assert err.message.startswith("provider 'deepseek' takes text only: messages[1].content[1]")
+    assert article in err.message
+    # the fake refuses it as DeepSeek does
+    body = {"model": "deepseek-chat", "messages": messages}
+    assert "unknown variant" in (check_request(dialects("k")["deepseek"], "chat", body) or "")
+
+
+def test_text_parts_go_to_deepseek_and_images_to_the_hosts_that_take_them() -> None:
+    text = [{"role": "user", "content": [{"type": "text", "text": "1+1?"}]}]
+    assert sent("deepseek", {"messages": text})["messages"] == text
+    with_image = [{"role": "user", "content": [{"type": "text", "text": "1+1?"}, IMAGE]}]
+    for name in sorted(BY_NAME):
+        if name != "deepseek" and CHAT in provider(name).route_types:
+            assert not provider(name).host.text_only
+            assert sent(name, {"messages": with_image})["messages"] == with_image, name
+
+
+# ====================================================== answers with unexpected types
+
+
+def test_a_chunk_with_wrong_types_passes_through_and_the_record_keeps_the_text() -> None:
+    """A host's chunk with a number where text belongs (or a tool call that is not an
+    object) reaches the client as sent; the recorded answer keeps what is text."""
+    odd = events(
+        groq_chunk({"role": "assistant", "content": 7}),
+        groq_chunk({"content": "Hi", "tool_calls": True, "reasoning": ["x"]}),
+        groq_chunk(
+            {"tool_calls": [{"index": 0, "id": 5, "function": {"name": "f", "arguments": 1}}]}
+        ),
+        groq_chunk({}, "stop"),
+    )
+    t = translator("groq")
+    out = run(t, [odd])
+    assert t.error is None
+    assert b'"content":7' in out.replace(b" ", b"")  # untouched for the client
+    message = t.assembled()["choices"][0]["message"]
+    assert message["content"] == "Hi"
+    assert message["tool_calls"][0]["function"] == {"name": "f", "arguments": ""}

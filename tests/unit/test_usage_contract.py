@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import providers
+from providers.openai_compatible import HOSTS
 from providers.options import ModelOptions
 
 # A native answer per provider with 100 fresh input tokens, 900 read from the cache and
@@ -61,7 +62,70 @@ NATIVE: dict[str, tuple[dict[str, Any], int]] = {
         },
         50,
     ),
+    "azure": (
+        {
+            "usage": {
+                "prompt_tokens": 1000,
+                "completion_tokens": 20,
+                "prompt_tokens_details": {"cached_tokens": 900},
+            }
+        },
+        0,
+    ),
+    "mistral": (
+        {
+            "usage": {
+                "prompt_tokens": 1000,
+                "completion_tokens": 20,
+                "prompt_tokens_details": {"cached_tokens": 900},
+            }
+        },
+        0,
+    ),
+    # Ollama 0.30+: prompt_eval_count is the whole prompt, the KV-cache hits apart
+    "ollama": (
+        {"prompt_eval_count": 1000, "prompt_eval_cached_count": 900, "eval_count": 20},
+        0,
+    ),
+    # the router's (or TGI's) OpenAI usage
+    "huggingface": (
+        {
+            "usage": {
+                "prompt_tokens": 1000,
+                "completion_tokens": 20,
+                "prompt_tokens_details": {"cached_tokens": 900},
+            }
+        },
+        0,
+    ),
+    # DeepSeek: prompt_tokens = prompt_cache_hit_tokens + prompt_cache_miss_tokens
+    "deepseek": (
+        {
+            "usage": {
+                "prompt_tokens": 1000,
+                "prompt_cache_hit_tokens": 900,
+                "prompt_cache_miss_tokens": 100,
+                "completion_tokens": 20,
+            }
+        },
+        0,
+    ),
+    # OpenRouter: prompt_tokens counts the cache reads and the cache writes
+    "openrouter": (
+        {
+            "usage": {
+                "prompt_tokens": 1000,
+                "completion_tokens": 20,
+                "prompt_tokens_details": {"cached_tokens": 900, "cache_write_tokens": 50},
+            }
+        },
+        50,
+    ),
 }
+
+#: what each provider's own input figure is in the payload above: the whole prompt
+#: (1000, cached tokens included) or the fresh part only (50)
+NATIVE_INPUT = {name: 1000 for name in NATIVE} | {"anthropic": 50, "bedrock": 50}
 
 
 @pytest.mark.parametrize("name", sorted(NATIVE))
@@ -75,14 +139,22 @@ def test_prompt_tokens_include_cached_ones(name: str) -> None:
     assert usage.cache_write_tokens == writes
     assert usage.completion_tokens == 20
     # the declared meaning of the native figure matches the payload above
-    native_input = {
-        "openai": 1000,
-        "gemini": 1000,
-        "cohere": 1000,
-        "anthropic": 50,
-        "bedrock": 50,
-    }[name]
-    assert provider.input_includes_cache == (native_input == usage.prompt_tokens)
+    assert provider.input_includes_cache == (NATIVE_INPUT[name] == usage.prompt_tokens)
+
+
+#: the adapters of the providers added with issue 4: each states what its input figure
+#: means, rather than inheriting the default
+STATED = sorted(
+    {"azure", "cohere", "mistral", "llama2", "ollama", "huggingface"} | {h.name for h in HOSTS}
+)
+
+
+@pytest.mark.parametrize("name", STATED)
+def test_each_adapter_states_whether_its_input_count_includes_cached_tokens(name: str) -> None:
+    provider = providers.get(name)
+    declared = {**vars(type(provider)), **vars(provider)}  # not inherited
+    assert "input_includes_cache" in declared, f"{name} inherits input_includes_cache"
+    assert provider.input_includes_cache is True  # each counts the whole prompt
 
 
 @pytest.mark.parametrize("name", sorted(NATIVE))
