@@ -425,12 +425,13 @@ def generic_error(
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict):
-            message = err.get("message") or json.dumps(err)
-        elif isinstance(err, str):
+            inner = err.get("message")
+            message = inner if isinstance(inner, str) and inner.strip() else json.dumps(err)[:500]
+        elif isinstance(err, str) and err.strip():
             message = err
-        elif isinstance(data.get("message"), str):
+        elif isinstance(data.get("message"), str) and data["message"].strip():
             message = data["message"]
-        elif isinstance(data.get("detail"), str):
+        elif isinstance(data.get("detail"), str) and data["detail"].strip():
             message = data["detail"]
     if message is None:
         if text.startswith("<"):

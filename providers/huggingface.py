@@ -117,7 +117,7 @@ from providers.base import (
 )
 from providers.openai import PROVIDER as OPENAI
 from providers.openai import OpenAIStream, usage_from_openai
-from providers.openai_compatible import clean_choices, host_url, readable
+from providers.openai_compatible import host_url, readable
 
 NAME = "huggingface"
 DEFAULT_BASE_URL = "https://router.huggingface.co"
@@ -602,7 +602,7 @@ class ChatStream(_StreamBase):
         choices = obj.get("choices")
         if isinstance(choices, list) and choices:
             obj = self._normalize(obj, choices)
-            self._acc._absorb(obj, clean_choices(obj["choices"]))
+            self._acc._absorb(obj, obj["choices"])
             self.started = self.started or self._acc.started
             out.append(b"data: " + orjson.dumps(obj) + b"\n\n")
             if any(isinstance(c, dict) and c.get("finish_reason") for c in obj["choices"]):

@@ -129,13 +129,16 @@ class OpenAIStream:
         if usage:
             self.usage = usage_from_openai(usage)
         choices = obj.get("choices")
-        if choices:
+        if choices and isinstance(choices, list):
             self._absorb(obj, choices)
         elif usage and not self._wants_usage:
             return  # the usage chunk only the gateway asked for
         out.append(ev.raw)
 
     def _absorb(self, obj: dict[str, Any], choices: list[Any]) -> None:
+        # the client gets the upstream's chunk as it is; the recorded answer keeps what
+        # has OpenAI's types only (a number or object where text belongs is not text)
+        choices = clean_choices(choices)
         if not self._head:
             self._head = {k: obj.get(k) for k in ("id", "created", "model", "system_fingerprint")}
         for choice in choices:
@@ -272,8 +275,9 @@ class OpenAI(Provider):
         if isinstance(inner, dict):
             if isinstance(inner.get("type"), str):
                 err.type = inner["type"]
-            err.code = inner.get("code")
-            err.param = inner.get("param")
+            code, param = inner.get("code"), inner.get("param")
+            err.code = code if isinstance(code, str | int) and not isinstance(code, bool) else None
+            err.param = param if isinstance(param, str) else None
         return err
 
     def stream_translator(self, spec: CallSpec) -> OpenAIStream:
@@ -284,3 +288,45 @@ class OpenAI(Provider):
 
 
 PROVIDER = OpenAI()
+
+
+_TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
+
+
+def clean_choices(choices: list[Any]) -> list[dict[str, Any]]:
+    """The choices of a stream chunk with only OpenAI's types where the running answer
+    is read: text fields that are strings, tool calls that are objects with a function
+    object whose name and arguments are strings. What is not is left out."""
+    out = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        choice = dict(choice)
+        if "text" in choice and not isinstance(choice["text"], str):
+            del choice["text"]
+        if not isinstance(choice.get("finish_reason"), (str, type(None))):
+            choice["finish_reason"] = None
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            delta = {k: v for k, v in delta.items() if k not in _TEXT_FIELDS or isinstance(v, str)}
+            calls = delta.get("tool_calls")
+            if calls is not None:
+                delta["tool_calls"] = [
+                    _clean_call(c) for c in (calls if isinstance(calls, list) else ())
+                ]
+            choice["delta"] = delta
+        out.append(choice)
+    return out
+
+
+def _clean_call(call: Any) -> dict[str, Any]:
+    call = dict(call) if isinstance(call, dict) else {}
+    if not isinstance(call.get("id"), (str, type(None))):
+        del call["id"]
+    fn = call.get("function")
+    fn = dict(fn) if isinstance(fn, dict) else {}
+    for key in ("name", "arguments"):
+        if key in fn and not isinstance(fn[key], str):
+            del fn[key]
+    call["function"] = fn
+    return call

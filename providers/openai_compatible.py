@@ -447,11 +447,6 @@ class CompatibleStream(OpenAIStream):
     def _observe(self, obj: dict[str, Any]) -> None:
         """A hook for host-specific fields of a chunk (Azure's filter results)."""
 
-    def _absorb(self, obj: dict[str, Any], choices: list[Any]) -> None:
-        # the client gets the host's chunk as it is; the recorded answer keeps what has
-        # OpenAI's types only (a number or object where text belongs is not text)
-        super()._absorb(obj, clean_choices(choices))
-
     def _fail(self, error: ProviderError, out: list[bytes]) -> None:
         self.error = error
         self._failed = True
@@ -470,48 +465,6 @@ class CompatibleStream(OpenAIStream):
             "choices": [],
             "usage": self.usage.to_openai(),
         }
-
-
-_TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
-
-
-def clean_choices(choices: list[Any]) -> list[dict[str, Any]]:
-    """The choices of a stream chunk with only OpenAI's types where the running answer
-    is read: text fields that are strings, tool calls that are objects with a function
-    object whose name and arguments are strings. What is not is left out."""
-    out = []
-    for choice in choices:
-        if not isinstance(choice, dict):
-            continue
-        choice = dict(choice)
-        if "text" in choice and not isinstance(choice["text"], str):
-            del choice["text"]
-        if not isinstance(choice.get("finish_reason"), (str, type(None))):
-            choice["finish_reason"] = None
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            delta = {k: v for k, v in delta.items() if k not in _TEXT_FIELDS or isinstance(v, str)}
-            calls = delta.get("tool_calls")
-            if calls is not None:
-                delta["tool_calls"] = [
-                    _clean_call(c) for c in (calls if isinstance(calls, list) else ())
-                ]
-            choice["delta"] = delta
-        out.append(choice)
-    return out
-
-
-def _clean_call(call: Any) -> dict[str, Any]:
-    call = dict(call) if isinstance(call, dict) else {}
-    if not isinstance(call.get("id"), (str, type(None))):
-        del call["id"]
-    fn = call.get("function")
-    fn = dict(fn) if isinstance(fn, dict) else {}
-    for key in ("name", "arguments"):
-        if key in fn and not isinstance(fn[key], str):
-            del fn[key]
-    call["function"] = fn
-    return call
 
 
 def _is_json(data: str) -> bool:

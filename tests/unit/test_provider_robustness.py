@@ -453,6 +453,7 @@ def _cohere(version: str) -> ModelOptions:
 Encoder = Callable[[list[Any]], bytes]
 OPENAI_LIKE: tuple[list[Any], Encoder] = (OPENAI_STREAM, sse)
 CASES: list[tuple[str, str, ModelOptions, tuple[list[Any], Encoder]]] = [
+    ("openai", "openai", ModelOptions(), OPENAI_LIKE),
     ("azure", "azure", ModelOptions(azure_instance="r", azure_deployment_id="d"), OPENAI_LIKE),
     ("cohere-v1", "cohere", _cohere("v1"), (COHERE_V1_STREAM, ndjson)),
     ("cohere-v2", "cohere", _cohere("v2"), (COHERE_V2_STREAM, named_sse)),
