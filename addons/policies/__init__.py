@@ -22,6 +22,14 @@ which for a dozen policies cost 0.54 M instructions per call, configured or not
 The chain calls a policy's hook only when the policy's plugin runs for the call, in
 Kong's order, and fails closed: a policy that raises during the request refuses the
 request (500) instead of letting it through unchecked.
+
+Late hooks: after every policy's `request` (`responseheaders`, `response`, ...) hook, the
+chain calls the `request_late` (`responseheaders_late`, ...) hooks, in REVERSE order:
+the policy that acted first on the way in acts last. What must see the request as the
+other plugins left it (a token limit re-estimating the prompt the template and
+decorator wrote, just before ai-proxy sends it), or must be the last to touch the
+answer (the ai-sanitizer restoring the originals once every other plugin, the
+ai-response-transformer's LLM included, has seen only placeholders), goes there.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ log = logging.getLogger("llmitm")
 
 #: the per-flow hooks a policy may have, dispatched by PolicyChain
 FLOW_HOOKS = ("requestheaders", "request", "responseheaders", "response", "error")
+#: the suffix of a hook's late variant (`request_late`): run after every policy's
+#: `request`, in reverse order
+LATE = "_late"
 #: of those, the ones before the upstream: a failing policy there refuses the request
 _REQUEST_HOOKS = frozenset({"requestheaders", "request"})
 #: lifecycle hooks, passed to every policy that has them
@@ -75,8 +86,14 @@ class PolicyChain:
     def __init__(self, gateway: Any, policies: list[Any]) -> None:
         self.gw = gateway
         self.policies = policies
+        # each hook's handlers: the policies' own in order, then their late ones reversed
         self._hooks: dict[str, list[Handler]] = {
             hook: [(p.plugin, getattr(p, hook)) for p in policies if hasattr(p, hook)]
+            + [
+                (p.plugin, getattr(p, hook + LATE))
+                for p in reversed(policies)
+                if hasattr(p, hook + LATE)
+            ]
             for hook in FLOW_HOOKS
         }
 

@@ -31,7 +31,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 import providers
 from addons import llm_request
 from addons.ai_proxy_config import AIProxyConfig
-from addons.policies.base import reply_error
+from addons.policies.base import logged_path, reply_error
 from addons.upstream import Timeouts, UpstreamResponse, upstream_failure
 from providers.base import (
     CallSpec,
@@ -450,7 +450,7 @@ def refuse(flow: http.HTTPFlow, call: Call, plugin: str, err: ProviderError) -> 
         "llmitm: %s failed on %s %s: %s",
         plugin,
         flow.request.method,
-        flow.request.path.partition("?")[0],  # a query may hold a key
+        logged_path(flow, call),
         err.message,
     )
     reply_error(flow, call, named)
@@ -466,7 +466,7 @@ async def transform_or_refuse(
     except ProviderError as e:
         refuse(flow, call, plugin, e)
     except Exception:
-        log.exception("llmitm: %s crashed on %s", plugin, flow.request.path.partition("?")[0])
+        log.exception("llmitm: %s crashed on %s", plugin, logged_path(flow, call))
         refuse(
             flow,
             call,

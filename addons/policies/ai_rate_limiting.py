@@ -10,6 +10,17 @@ process, or in Redis for every gateway process), and gets 429 when the estimate 
 not fit. When the call is finished (its record built, streamed answers included), the
 reservation is settled with the real usage the provider reported (or the real cost).
 
+A request that sets no max_tokens (the OpenAI SDK's default) on a route whose ai-proxy
+sets none reserves `reserve_completion_tokens` for its answer, or what is left of the
+budget when that is less (as long as something beyond the prompt is left): requests
+sent at once cannot all start answers on the same last tokens.
+
+The reservation is taken at Kong's priority (905), before the prompt plugins rewrite
+the body; in the chain's late `request` hook, just before ai-proxy sends it, the
+request is estimated again as it now is (a rendered template, the decorator's
+messages) and the reservation topped up, or the request refused (429) when the
+difference does not fit.
+
 The counters are `addons.policies._counters` (shared with rate-limiting).
 """
 
@@ -31,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 import providers
+from addons.ai_proxy_config import LLMFormat
 from addons.policies import _counters
 from addons.policies._counters import CountersUnavailable, RedisConfig, Ticket, Window
 from addons.policies.base import PolicyAddon, deny, json_body, set_headers
@@ -38,6 +50,8 @@ from providers.base import ProviderError, RouteType, estimate_tokens, text_of_me
 from providers.options import Strict
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from mitmproxy import http
 
     from addons.ai_proxy_config import AIProxyConfig
@@ -318,6 +332,20 @@ class Config(Strict):
         description="llm_providers' windows: sliding (Kong's default: the previous window "
         "counts with a weight that falls as the current one elapses) or fixed.",
     )
+    fault_tolerant: bool = Field(
+        True,
+        description="When the counters' store (Redis) cannot be reached: true lets requests "
+        "through uncounted (logged, and counted in llmitm_policy_store_unavailable_total), "
+        "false answers 500.",
+    )
+    reserve_completion_tokens: int = Field(
+        1024,
+        ge=0,
+        description="llmitm: the answer tokens reserved for a request that sets no max_tokens "
+        "(nor max_completion_tokens...) on a route whose ai-proxy sets no "
+        "model.options.max_tokens; when less is left in a window, what is left is reserved "
+        "(something beyond the prompt must be left). 0: only the prompt is reserved.",
+    )
     hide_client_headers: bool = Field(
         False, description="Do not send the X-AI-RateLimit-Limit-* and -Remaining-* headers."
     )
@@ -361,9 +389,7 @@ class Config(Strict):
         "kong_rate_limiting_counters",
         description="Kong: the nginx shared dictionary. Accepted, no effect.",
     )
-    llm_format: (
-        Literal["openai", "anthropic", "bedrock", "cohere", "gemini", "huggingface"] | None
-    ) = Field(
+    llm_format: LLMFormat | None = Field(  # type: ignore[valid-type]
         None,
         description="Kong: the request format. Accepted, no effect: the route's ai-proxy "
         "llm_format says how the request is read.",
@@ -466,17 +492,26 @@ class Estimate:
     completion: int
     input_cost: float | None = None  # per 1M tokens (the route's model.options)
     output_cost: float | None = None
+    #: the completion is the plugin's reserve_completion_tokens (the request and its
+    #: route set no max_tokens), not a limit the model is held to
+    guessed: bool = False
 
-    def amount(self, strategy: str) -> float:
+    def amount(self, strategy: str, completion: int | None = None) -> float:
+        out = self.completion if completion is None else completion
         if strategy == "prompt_tokens" or strategy == _PROMPT_ONLY:
             return float(self.prompt)
         if strategy == "completion_tokens":
-            return float(self.completion)
+            return float(out)
         if strategy == "cost":
             return (
-                self.prompt * (self.input_cost or 0.0) + self.completion * (self.output_cost or 0.0)
+                self.prompt * (self.input_cost or 0.0) + out * (self.output_cost or 0.0)
             ) / 1_000_000
-        return float(self.prompt + self.completion)
+        return float(self.prompt + out)
+
+    def least(self, strategy: str) -> float:
+        """The least the request can be let through with: its amount, or, when the
+        completion is a guess, its prompt's."""
+        return self.amount(strategy, 0 if self.guessed else None)
 
 
 _NOT_TEXT = frozenset({"model", "role", "type", "id", "mime_type", "mimeType", "media_type"})
@@ -527,11 +562,12 @@ def _max_output(body: dict[str, Any]) -> int | None:
     return None
 
 
-def estimate(ai: AIProxyConfig, body: Any) -> Estimate:
+def estimate(ai: AIProxyConfig, body: Any, reserve: int = 0) -> Estimate:
     """The tokens a request to a route with this ai-proxy config is expected to spend:
     its prompt (estimated from its text, about four characters a token) and its answer
     (at most max_tokens: the route's model.options.max_tokens, which wins in ai-proxy, or
-    the request's max_tokens / max_completion_tokens, times `n`; 0 when neither is set)."""
+    the request's max_tokens / max_completion_tokens, times `n`; `reserve`, a guess,
+    when neither is set)."""
     options = ai.model.options
     body = body if isinstance(body, dict) else {}
     route_type = ai.route_type
@@ -546,15 +582,18 @@ def estimate(ai: AIProxyConfig, body: Any) -> Estimate:
     else:
         prompt = estimate_tokens(" ".join(_strings(body)))
     completion = 0
+    guessed = False
     if route_type is not RouteType.EMBEDDINGS:
         # ai-proxy sends the route's max_tokens on OpenAI-format chat and completions
         applies = ai.llm_format == "openai" and route_type in (
             RouteType.CHAT,
             RouteType.COMPLETIONS,
         )
-        most = (options.max_tokens if applies else None) or _max_output(body) or 0
+        most = (options.max_tokens if applies else None) or _max_output(body)
+        if most is None:
+            most, guessed = reserve, reserve > 0
         completion = most * (_positive_int(body.get("n")) or 1)
-    return Estimate(prompt, completion, options.input_cost, options.output_cost)
+    return Estimate(prompt, completion, options.input_cost, options.output_cost, guessed)
 
 
 def spent(strategy: str, record: Any) -> float:
@@ -673,8 +712,15 @@ class Group:
     """Windows that count the same thing, charged together in one atomic acquire."""
 
     strategy: str  # a TokensCountStrategy, or _PROMPT_ONLY
-    amount: float
+    amount: float  # what the request reserves (once reserved: what it holds)
     windows: list[Limited] = field(default_factory=list)
+    #: the least it can pass with, when `amount` holds a guessed answer size: what is
+    #: left of the budget is reserved, if it is more than this
+    least: float | None = None
+
+    @property
+    def floor(self) -> float:
+        return self.amount if self.least is None else self.least
 
 
 def _short(value: str, plain: str = "") -> str:
@@ -724,7 +770,8 @@ def plan(conf: Config, scope: str, who: str, facts: Facts, est: Estimate) -> lis
     def add(strategy: str, key: str, size: int, limit: float, sliding: bool, label: str) -> None:
         g = groups.get(strategy)
         if g is None:
-            g = groups[strategy] = Group(strategy, est.amount(strategy))
+            amount, least = est.amount(strategy), est.least(strategy)
+            g = groups[strategy] = Group(strategy, amount, least=least if least < amount else None)
         window = Window(f"{base}:{key}:{strategy}:{size}", size, float(limit), sliding)
         g.windows.append(Limited(window, label, g.amount if strategy == _PROMPT_ONLY else None))
 
@@ -803,6 +850,8 @@ class _Reservation:
     counters: Any
     charged: list[tuple[Group, Ticket]]
     headers: dict[str, str]
+    estimate: Estimate | None = None  # what was reserved for
+    raw: bytes | None = None  # the body it was estimated from (by identity)
 
 
 class Policy(PolicyAddon):
@@ -822,7 +871,7 @@ class Policy(PolicyAddon):
             weakref.WeakKeyDictionary()
         )
         self._tasks: set[asyncio.Task[None]] = set()
-        self._warned = 0.0
+        self._warned: dict[str, float] = {}  # kind of warning -> when last logged
 
     # ------------------------------------------------------------------- hooks
 
@@ -838,7 +887,7 @@ class Policy(PolicyAddon):
         except ProviderError as e:
             deny(flow, call, e.status, e.message, code=e.code, type=e.type, param=e.param)
             return
-        est = estimate(ai, body)
+        est = estimate(ai, body, conf.reserve_completion_tokens)
         path = flow.request.path.partition("?")[0]
         model = ai.model.name if ai.model.name and "$(" not in ai.model.name else None
         if model is None and isinstance(body, dict) and isinstance(body.get("model"), str):
@@ -867,7 +916,45 @@ class Policy(PolicyAddon):
         if self._too_large(flow, call, conf, groups):
             return
         store = _counters.counters(self.gw, conf.redis if conf.strategy == "redis" else None)
-        await self._reserve(flow, call, conf, store, groups)
+        reservation = await self._reserve(flow, call, conf, store, groups)
+        if reservation is not None:
+            reservation.estimate = est
+            reservation.raw = flow.request.raw_content
+
+    def request_late(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Just before ai-proxy sends the request: when a plugin after this one rewrote
+        the body (a template rendered, the decorator's messages), estimate it again and
+        top the reservation up, or refuse the request when the difference does not fit."""
+        res = self._reserved.get(flow)
+        if res is None or res.estimate is None or flow.request.raw_content is res.raw:
+            return None  # the body is the one estimated (no coroutine)
+        return self._re_estimate(flow, res)
+
+    async def _re_estimate(self, flow: http.HTTPFlow, res: _Reservation) -> None:
+        call, conf = self.active(flow)
+        ai: AIProxyConfig | None = call.plugin("ai-proxy") if call is not None else None
+        if call is None or ai is None:
+            return
+        try:
+            body = self._body(flow, call, ai)
+        except ProviderError:
+            return  # ai-proxy says what is wrong with it
+        est = estimate(ai, body, conf.reserve_completion_tokens)
+        before, res.estimate = res.estimate, est
+        res.raw = flow.request.raw_content
+        more: list[Group] = []
+        for g, _ in res.charged:
+            extra = est.amount(g.strategy) - before.amount(g.strategy)
+            if extra > 1e-9:
+                more.append(Group(g.strategy, extra, g.windows, least=None))
+        if not more:
+            return
+        # the request as it is now must fit a whole window at all
+        sized = [Group(g.strategy, est.least(g.strategy), g.windows) for g in more]
+        if self._too_large(flow, call, conf, sized):
+            await self._undo(flow, res)
+            return
+        await self._top_up(flow, call, conf, res, more)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._add_headers(flow, keep=True)
@@ -897,13 +984,14 @@ class Policy(PolicyAddon):
         self, flow: http.HTTPFlow, call: Call, conf: Config, groups: list[Group]
     ) -> bool:
         """A request whose estimate alone is more than a whole window's limit can never
-        pass: refused at once, saying so, without Retry-After (waiting would not help)."""
+        pass: refused at once, saying so, without Retry-After (waiting would not help).
+        A guessed answer size does not count here: only what the request says."""
         for g in groups:
             for lim in g.windows:
-                if g.amount > lim.window.limit + 1e-9:
+                if g.floor > lim.window.limit + 1e-9:
                     unit = _unit(g.strategy)
                     reason = (
-                        f"this request needs an estimated {_number(g.amount)} {unit}, more "
+                        f"this request needs an estimated {_number(g.floor)} {unit}, more "
                         f"than the whole limit of {_number(lim.window.limit)} {unit} per "
                         f"{lim.window.size} seconds: send a shorter prompt or a lower max_tokens"
                     )
@@ -924,33 +1012,120 @@ class Policy(PolicyAddon):
                     return True
         return False
 
+    @staticmethod
+    async def _acquire(store: Any, g: Group) -> Any:
+        """Charge the group's amount; with a guessed answer size, what is left of the
+        budget when the whole guess does not fit but more than the prompt does."""
+        windows = [lim.window for lim in g.windows]
+        if g.least is not None:  # never more than one whole window holds
+            g.amount = min(g.amount, min(w.limit for w in windows))
+        decision = await store.acquire(windows, g.amount)
+        if decision.allowed or g.least is None:
+            return decision
+        room = min(st.remaining for st in decision.states)
+        if room <= g.least + 1e-9:
+            return decision
+        second = await store.acquire(windows, room)
+        g.amount = room  # what the request holds, or what it was refused for
+        return second
+
     async def _reserve(
         self, flow: http.HTTPFlow, call: Call, conf: Config, store: Any, groups: list[Group]
-    ) -> None:
+    ) -> _Reservation | None:
         charged: list[tuple[Group, Ticket]] = []
         states: list[tuple[Group, Limited, Any]] = []
         try:
             for g in groups:
-                decision = await store.acquire([lim.window for lim in g.windows], g.amount)
+                decision = await self._acquire(store, g)
                 if not decision.allowed:
                     await self._refuse(flow, call, conf, store, charged, states, g, decision)
-                    return
+                    return None
                 charged.append((g, decision.ticket))
                 states.extend(
                     (g, lim, s) for lim, s in zip(g.windows, decision.states, strict=True)
                 )
         except CountersUnavailable as e:
-            # Kong's AI rate limiting has no fault_tolerant switch: when its store fails it
-            # goes on with what it has. Here: the request passes, uncounted, and a warning
-            # says why (at most every WARN_EVERY seconds).
-            self._warn(f"llmitm: {NAME}: counters unavailable, request allowed: {e}")
-            self.gw.metrics.store_unavailable.labels(NAME, "allowed").inc()
             with contextlib.suppress(CountersUnavailable):
                 await self._release(store, charged)
-            return
+            self._unavailable(flow, call, conf, e)
+            return None
         headers = state_headers(conf, [(lim, s) for _, lim, s in states], set(), 0)
-        self._reserved[flow] = _Reservation(store, charged, headers)
+        reservation = _Reservation(store, charged, headers)
+        self._reserved[flow] = reservation
         call.on_finish.append(lambda c, record: self._settle(store, charged, record))
+        return reservation
+
+    async def _top_up(
+        self, flow: http.HTTPFlow, call: Call, conf: Config, res: _Reservation, more: list[Group]
+    ) -> None:
+        """Charge `more` on the reservation's windows, or refuse the request (and release
+        what it holds). The charge is counted in the group it adds to, so the call's
+        settlement corrects it with the rest (on the first charge's window instances)."""
+        store = res.counters
+        done: list[tuple[Group, Ticket]] = []
+        try:
+            for extra in more:
+                decision = await store.acquire([lim.window for lim in extra.windows], extra.amount)
+                if not decision.allowed:
+                    await self._release(store, done)
+                    await self._refuse(flow, call, conf, store, res.charged, [], extra, decision)
+                    self._reserved.pop(flow, None)
+                    res.charged.clear()  # released (or kept as Kong's penalty): not settled
+                    return
+                done.append((extra, decision.ticket))
+                for lim in extra.windows:  # a requestPrompt window's Query-Cost grows too
+                    if lim.query_cost is not None:
+                        lim.query_cost += extra.amount
+                res.headers.update(
+                    state_headers(
+                        conf, list(zip(extra.windows, decision.states, strict=True)), set(), 0
+                    )
+                )
+        except CountersUnavailable as e:
+            self._unavailable(flow, call, conf, e)
+            if not conf.fault_tolerant:  # refused: nothing stays held
+                with contextlib.suppress(CountersUnavailable):
+                    await self._release(store, done)
+                await self._undo(flow, res)
+                return
+        for extra, _ in done:
+            for g, _ in res.charged:
+                if g.strategy == extra.strategy:
+                    g.amount += extra.amount
+                    break
+
+    async def _undo(self, flow: http.HTTPFlow, res: _Reservation) -> None:
+        """Release what a reservation holds: its request was refused after all (its
+        answer gets no X-AI-RateLimit-* of the reservation, its record settles nothing)."""
+        self._reserved.pop(flow, None)
+        try:
+            await self._release(res.counters, res.charged)
+        except CountersUnavailable as e:
+            self._warn(f"llmitm: {NAME}: could not release a reservation: {e}")
+        res.charged.clear()
+
+    def _unavailable(
+        self, flow: http.HTTPFlow, call: Call, conf: Config, err: CountersUnavailable
+    ) -> None:
+        """The store failed: the request passes uncounted (fault_tolerant), or gets 500,
+        as rate-limiting does; logged at most every WARN_EVERY seconds, and counted."""
+        outcome = "allowed" if conf.fault_tolerant else "refused"
+        self.gw.metrics.store_unavailable.labels(NAME, outcome).inc()
+        if conf.fault_tolerant:
+            self._warn(f"llmitm: {NAME}: counters unavailable, request allowed: {err}", "pass")
+            return
+        self._warn(
+            f"llmitm: {NAME}: counters unavailable, request refused (fault_tolerant is "
+            f"false): {err}",
+            "refuse",
+        )
+        deny(
+            flow,
+            call,
+            500,
+            f"{NAME} cannot reach its counters (Redis is unavailable)",
+            code="rate_limit_unavailable",
+        )
 
     async def _refuse(
         self,
@@ -1040,8 +1215,10 @@ class Policy(PolicyAddon):
             return
         set_headers(flow.response.headers, reservation.headers)
 
-    def _warn(self, message: str) -> None:
+    def _warn(self, message: str, kind: str = "store") -> None:
+        """Log a warning of its kind at most once every WARN_EVERY seconds."""
         now = time.monotonic()
-        if now - self._warned >= self.WARN_EVERY or not self._warned:
-            self._warned = now
+        last = self._warned.get(kind)
+        if last is None or now - last >= self.WARN_EVERY:
+            self._warned[kind] = now
             log.warning(message)

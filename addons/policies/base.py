@@ -68,8 +68,38 @@ def reply_error(flow: http.HTTPFlow, call: Call, err: ProviderError) -> None:
 def refuse_request(flow: http.HTTPFlow, call: Call, plugin: str, err: ProviderError) -> None:
     """Answer the request with `err` (as `reply_error` does): a prompt plugin refusing a
     request it cannot read or will not let through, noted in the debug log."""
-    log.debug("%s: %s %s refused: %s", plugin, flow.request.method, flow.request.path, err)
+    log.debug("%s: %s %s refused: %s", plugin, flow.request.method, logged_path(flow, call), err)
     reply_error(flow, call, err)
+
+
+def logged_path(flow: http.HTTPFlow, call: Call | None) -> str:
+    """The request's path as a policy's log line may show it: its query's credentials
+    (the usual names, the key-auth key's name, any configured secret or consumer key)
+    redacted, as the call record shows them. Every policy log line that names the
+    request's path or URL goes through here."""
+    return logged_url(flow.request.path, call)
+
+
+def logged_url(url: str, call: Call | None) -> str:
+    """`url` (a path or a whole URL) with its query's credentials redacted (see
+    `logged_path`)."""
+    if "?" not in url:
+        return url
+    from addons.recorder import redact_url  # mitmproxy: not at import time
+
+    if call is None:
+        return redact_url(url)
+    return redact_url(url, call.config.secrets, call.secret_names)
+
+
+def consumer_pending(call: Call) -> bool:
+    """Whether key-auth may still name the consumer, from the body (`key_in_body`): a
+    consumer's own config of a plugin would then replace the one in force now, so a
+    plugin that could decide in `requestheaders` waits for `request`."""
+    if call.consumer is not None:
+        return False
+    auth = call.plugin("key-auth")
+    return auth is not None and bool(getattr(auth, "key_in_body", False))
 
 
 def json_body(flow: http.HTTPFlow, call: Call) -> dict[str, Any]:

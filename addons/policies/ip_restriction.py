@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AfterValidator, Field, PrivateAttr, model_validator
 
-from addons.policies.base import PolicyAddon, deny
+from addons.policies.base import PolicyAddon, consumer_pending, deny
 from providers.options import Strict
 
 if TYPE_CHECKING:
@@ -70,15 +70,6 @@ def client_address(ip: str) -> Address | None:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
-
-
-def consumer_pending(call: Call) -> bool:
-    """Whether key-auth may still name the consumer, from the body: a consumer's own
-    config of a plugin would then replace the one in force now."""
-    if call.consumer is not None:
-        return False
-    auth = call.plugin("key-auth")
-    return auth is not None and bool(getattr(auth, "key_in_body", False))
 
 
 def _check_entry(entry: str) -> str:

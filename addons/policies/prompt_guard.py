@@ -33,6 +33,7 @@ from pydantic import AfterValidator, Field, PrivateAttr, model_validator
 from addons.policies.base import (
     PolicyAddon,
     deny,
+    logged_path,
     max_request_body_size_field,
     read_body,
     refuse_request,
@@ -322,7 +323,7 @@ def block(flow: http.HTTPFlow, call: Call, verdict: Verdict) -> None:
             verdict.pattern,
             verdict.where,
             flow.request.method,
-            flow.request.path,
+            logged_path(flow, call),
         )
         message = TIMED_OUT
     else:
@@ -335,7 +336,7 @@ def block(flow: http.HTTPFlow, call: Call, verdict: Verdict) -> None:
             "%s: %s %s blocked: %s %s",
             NAME,
             flow.request.method,
-            flow.request.path,
+            logged_path(flow, call),
             verdict.where,
             why,
         )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import Field, PrivateAttr, model_validator
 
+from addons.policies import sanitizer
 from addons.policies.base import (
     PolicyAddon,
     max_request_body_size_field,
@@ -38,7 +39,11 @@ from providers.base import ProviderError
 from providers.options import Strict
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from mitmproxy import http
+
+    from addons.calls import Call
 
 
 NAME = "ai-prompt-template"
@@ -270,15 +275,47 @@ class Policy(PolicyAddon):
     name = "llmitm-ai-prompt-template"
     plugin = NAME
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         call, conf = self.active(flow)
         if call is None:
-            return
+            return None
         try:
             body = read_body(flow, call, conf.max_request_body_size, NAME)
-            if conf.log_original_request:
-                key = call.credential.key if call.credential is not None else None
-                call.context["original_request"] = redacted(body, call.config.secrets, key)
+        except ProviderError as e:
+            refuse_request(flow, call, NAME, e)
+            return None
+        if conf.log_original_request:
+            key = call.credential.key if call.credential is not None else None
+            original = redacted(body, call.config.secrets, key)  # a copy
+            masking = sanitizer.prompt_masker(flow, call)
+            if masking is not None:  # the sanitizer's masking takes a coroutine
+                return self._masked_original(flow, call, conf, body, original, masking)
+            call.context["original_request"] = original
+        self._render(flow, call, conf, body)
+        return None
+
+    async def _masked_original(
+        self,
+        flow: http.HTTPFlow,
+        call: Call,
+        conf: Config,
+        body: dict[str, Any],
+        original: Any,
+        masking: tuple[sanitizer.Config, sanitizer.Masker],
+    ) -> None:
+        """The client's request into the record masked as the ai-sanitizer (which runs
+        for the call, later) masks prompts: its properties hold the values the template
+        puts in the prompt. Then the template is rendered."""
+        try:
+            original = await sanitizer.mask_document(masking[1], masking[0], original)
+        except sanitizer.SanitizerError as e:
+            original = f"[NOT RECORDED: the ai-sanitizer could not scan it: {e}]"
+        call.context["original_request"] = original
+        self._render(flow, call, conf, body)
+
+    @staticmethod
+    def _render(flow: http.HTTPFlow, call: Call, conf: Config, body: dict[str, Any]) -> None:
+        try:
             rendered = apply_template(body, conf)
         except ProviderError as e:
             refuse_request(flow, call, NAME, e)

@@ -11,6 +11,13 @@ counted in one atomic step (`_counters.Counters.acquire`), in every window at on
 N concurrent requests exactly `limit` pass. (Kong's open-source plugin reads the counters,
 then increments them, so concurrent requests can all pass the check.)
 
+The request is counted in `requestheaders`, before its body is read, unless key-auth
+may still find the consumer in the body (`key_in_body`): then in `request`, once it
+has. A refusal decided on the headers is sent at once for a large (64 KiB or more),
+chunked or `Expect: 100-continue` body, through request-size-limiting's body gate
+(mitmproxy itself sends a response set in `requestheaders` only after reading the
+body): a limited client does not upload its body for nothing.
+
 Every answer carries `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (of the
 window closest to its limit) and `X-RateLimit-Limit-<Period>` /
 `X-RateLimit-Remaining-<Period>` per configured period, unless `hide_client_headers`.
@@ -42,10 +49,13 @@ from addons.policies._counters import (
     WindowState,
     counters,
 )
-from addons.policies.base import PolicyAddon, deny, set_headers
+from addons.policies.base import PolicyAddon, consumer_pending, deny, set_headers
+from addons.policies.request_size_limiting import answer_before_body, restore_client_request
 from providers.options import Strict
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from mitmproxy import http
 
     from addons.calls import Call
@@ -311,13 +321,29 @@ class Policy(PolicyAddon):
         self._headers: weakref.WeakKeyDictionary[http.HTTPFlow, dict[str, str]] = (
             weakref.WeakKeyDictionary()
         )
+        # flow -> the config its request was counted under
+        self._decided: weakref.WeakKeyDictionary[http.HTTPFlow, Config] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    async def request(self, flow: http.HTTPFlow) -> None:
-        # in `request`, not `requestheaders`: key-auth may only know the consumer once
-        # it has read the body (key_in_body)
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # decided before the body is read, so a limited client does not upload it first;
+        # unless key-auth may still find the consumer in the body (key_in_body)
         call, conf = self.active(flow)
-        if call is None:
-            return
+        if call is not None and not consumer_pending(call):
+            await self._check(flow, call, conf)
+            if flow.response is not None:  # refused: answered now, not after the body
+                await answer_before_body(self.gw, flow, call)
+
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        call, conf = self.active(flow)
+        if call is None or self._decided.get(flow) is conf:
+            return None  # decided on the headers (the usual case: no coroutine)
+        # not decided yet (key_in_body), or the consumer brought its own config
+        return self._check(flow, call, conf)
+
+    async def _check(self, flow: http.HTTPFlow, call: Call, conf: Config) -> None:
+        self._decided[flow] = conf
         plugin = call.plugins.get(NAME)
         scope = plugin.scope if plugin is not None else "global"
         kind, ident = identifier(conf, call, flow)
@@ -377,6 +403,8 @@ class Policy(PolicyAddon):
         log.warning("llmitm: %s%s", message, more)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # a refusal sent before the body: the flow gets the client's request back
+        restore_client_request(flow)
         # a streamed answer's headers leave before the `response` hook
         self._apply(flow)
 

@@ -44,8 +44,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from addons.policies.base import PolicyAddon, deny
-from addons.policies.ip_restriction import consumer_pending
+from addons.policies.base import PolicyAddon, consumer_pending, deny, logged_url
 from providers.base import ProviderError, UpstreamRequest, error_type_for
 from providers.options import Strict
 
@@ -125,6 +124,58 @@ def _refusal(call: Call, status: int = 413) -> http.Response:
     return from_provider_error(err)
 
 
+def body_gate(gateway: Gateway) -> BodyGate:
+    """The gateway's BodyGate, one for every plugin that answers before the body is
+    read (this one; rate-limiting's refusals); closed by this plugin's `done`."""
+    gate = getattr(gateway, "body_gate", None)
+    if gate is None:
+        gate = BodyGate(gateway)
+        gateway.body_gate = gate  # type: ignore[attr-defined]
+    return gate
+
+
+#: a refusal decided on the request's headers goes out at once, without the body being
+#: read, when the body is at least this large (or chunked, or awaited with
+#: `Expect: 100-continue`); a smaller one arrives with the headers or right after them,
+#: and reading it is cheaper than the gate's loopback connection
+ANSWER_EARLY_FROM = 64 * 1024
+
+
+async def answer_before_body(gateway: Gateway, flow: http.HTTPFlow, call: Call) -> None:
+    """Send the response a `requestheaders` hook has just set (a refusal) at once,
+    instead of after mitmproxy has read the whole body (what it does with a response set
+    in `requestheaders`): the client does not upload a body that is not wanted."""
+    req = flow.request
+    held = req.stream
+    if isinstance(held, HeldBody):  # this plugin counts the body already: refuse through it
+        if held.refusal is None:
+            held.refusal = flow.response
+            held.refused.set()
+        return
+    expect = req.headers.pop("expect", None)  # no 100 Continue for an unwanted body
+    length = content_length(req.headers)
+    if not (expect or is_chunked(req.headers) or (length or 0) >= ANSWER_EARLY_FROM):
+        return
+    if flow.server_conn.via is not None:  # upstream-proxy mode: the gate is not reachable
+        return
+    gate = body_gate(gateway)
+    try:
+        await gate.start()
+    except OSError:
+        log.exception("llmitm: the body gate could not start")
+        return
+    req.stream = HeldBody(gate, flow, call, None)
+
+
+def restore_client_request(flow: http.HTTPFlow) -> None:
+    """In `responseheaders` of a flow refused through the gate while its body still
+    streams in: the flow shows (and the record keeps) the client's request again, not
+    the gate's stand-in."""
+    held = flow.request.stream
+    if isinstance(held, HeldBody):  # (not bool(): that is mitmproxy's question)
+        held.restore()
+
+
 class Policy(PolicyAddon):
     """Refuses request bodies over the limit (Kong's request-size-limiting)."""
 
@@ -133,7 +184,7 @@ class Policy(PolicyAddon):
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__(gateway)
-        self.gate = BodyGate(gateway)
+        self.gate = body_gate(gateway)
         # config -> route id -> the largest limit any consumer can have there
         self._largest: weakref.WeakKeyDictionary[GatewayConfig, dict[int, int]] = (
             weakref.WeakKeyDictionary()
@@ -185,11 +236,7 @@ class Policy(PolicyAddon):
             deny(flow, call, 413, MESSAGE, code=CODE)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        # a refusal answered while the body still streams in: the flow shows (and the
-        # record keeps) the client's request, not the gate's stand-in
-        held = flow.request.stream
-        if isinstance(held, HeldBody):  # (not bool(): that is mitmproxy's question)
-            held.restore()
+        restore_client_request(flow)
 
     def _largest_limit(self, call: Call, conf: Config) -> int:
         """The limit to count against before the consumer is known: the largest of the
@@ -465,7 +512,7 @@ class BodyGate:
         except (ConnectionError, asyncio.IncompleteReadError):
             raise
         except Exception:  # noqa: BLE001 - the upstream broke off, whatever the cause: end the answer short
-            log.warning("llmitm: upstream of %s broke off", req.pretty_url)
+            log.warning("llmitm: upstream of %s broke off", logged_url(req.pretty_url, call))
             return False
         finally:
             await res.aclose()

@@ -10,16 +10,25 @@ the user message, with `prompt` as the system message. The answer, or the match 
   in a Markdown code block is read inside the fence;
 - on a plain service route the answer's bytes are sent to the service as they are.
 
+When ai-sanitizer runs for the call too (it runs later, at 771), the body is masked
+with the sanitizer's masker before it is sent to the plugin's LLM, and the placeholders
+in the LLM's answer are put back before the rest of the chain sees it: the personal data
+and secrets the sanitizer masks never reach either LLM, and the record keeps the masked
+text the plugin sent.
+
 Failures answer the client in OpenAI's error shape: 400 when the answer does not match
 the pattern or is not the JSON an ai-proxy route needs, 413 when the body is larger
-than `max_request_body_size`, 502/504 when the LLM fails or cannot be reached.
+than `max_request_body_size`, 502/504 when the LLM fails or cannot be reached, 500 when
+the sanitizer cannot scan the body (its `stop_on_error`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING
 
+from addons.policies import sanitizer
 from addons.policies._llm_call import (
     TransformerConfig,
     ask,
@@ -83,6 +92,9 @@ class Policy(PolicyAddon):
         if len(raw) > conf.max_request_body_size:
             raise _too_large(len(raw), conf)
         sent = raw.decode("utf-8", "replace")
+        shield = sanitizer.prompt_masker(flow, call)
+        if shield is not None:
+            sent = await _masked(sent, *shield)
         answer = await ask(self.gw, conf.llm, conf.prompt, sent, conf.transport())
         note(call, CONTEXT_KEY, conf.llm, answer, sent)
         new = conf.extract(answer.text)
@@ -92,6 +104,9 @@ class Policy(PolicyAddon):
         proxy = call.plugin("ai-proxy")
         if proxy is None or proxy.route_type is RouteType.PRESERVE:
             # a plain service or a preserve route: the answer's bytes, as Kong sends them
+            # (what the sanitizer masked for the LLM put back)
+            if shield is not None:
+                new = sanitizer.restore_text(shield[1], new)
             flow.request.content = new.encode()
             call.body = None
             return
@@ -105,8 +120,36 @@ class Policy(PolicyAddon):
             raise _failed(
                 f"the transformed body is {what}; this route's ai-proxy needs a JSON object"
             )
+        if shield is not None:  # the originals back in its strings (the sanitizer masks
+            sanitizer.restore_document(shield[1], parsed)  # them again before ai-proxy)
         set_json_body(flow, call, parsed)
         flow.request.headers["content-type"] = "application/json"
+
+
+async def _masked(text: str, conf: sanitizer.Config, masker: sanitizer.Masker) -> str:
+    """The body as the plugin's LLM may see it: what the ai-sanitizer masks, masked (a
+    JSON body's strings, or the whole text)."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = text
+    if not isinstance(doc, (dict, list)):  # a text, or a lone JSON scalar: as text
+        doc = text
+    try:
+        masked = await sanitizer.mask_document(masker, conf, doc)
+    except sanitizer.SanitizerError as e:
+        if conf.stop_on_error:
+            raise ProviderError(
+                500,
+                f"the ai-sanitizer could not scan the request: {e}",
+                "api_error",
+                "sanitizer_error",
+            ) from None
+        log.warning("llmitm: %s sends a request its ai-sanitizer could not scan: %s", NAME, e)
+        return text
+    if isinstance(masked, str):
+        return masked
+    return json.dumps(masked, ensure_ascii=False)
 
 
 def _too_large(size: int, conf: Config) -> ProviderError:

@@ -11,9 +11,20 @@ placeholder (`<EMAIL_1>`, the same one for the same value) or a fake value of it
 or the request is refused (`block_if_detected`). The record gets counts per kind in its
 context, never a value. The map back to the originals lives in memory on this addon for
 the call only; with `recover_redacted` the originals are put back in the answer the
-client gets, buffered (`response`) or streamed (a stream filter on the SSE events, which
-holds back the end of a delta that may be the start of a placeholder). The call record
-keeps what the upstream saw and said: placeholders.
+client gets, buffered or streamed (a stream filter on the SSE events, which holds back
+the end of a delta that may be the start of a placeholder). The call record keeps what
+the upstream saw and said: placeholders.
+
+The originals come back LAST: in the chain's late hooks (`response_late`,
+`responseheaders_late`, see addons/policies/__init__.py), after every other plugin has
+seen the answer. So the ai-response-transformer sends its own LLM, and the record keeps,
+the placeholders, not the originals. The answer's own findings (OUTPUT) are masked in
+`response`, before the plugins after this one see it.
+
+The plugins that run before this one and would let the prompt out (the
+ai-request-transformer's LLM call, ai-prompt-template's `log_original_request`) mask
+what they send or record with the call's masker (`prompt_masker`, `mask_document`):
+the same placeholders this plugin then uses.
 """
 
 from __future__ import annotations
@@ -43,7 +54,14 @@ from addons.policies._pii import (
     expand_kinds,
     iter_strings,
 )
-from addons.policies.base import PolicyAddon, deny, json_body, reply_error, set_json_body
+from addons.policies.base import (
+    PolicyAddon,
+    deny,
+    json_body,
+    logged_path,
+    reply_error,
+    set_json_body,
+)
 from providers import sse
 from providers.base import ProviderError
 from providers.options import Strict
@@ -370,6 +388,78 @@ def request_texts(body: Any, conf: Config, route_type: str | None, native: bool)
     return out
 
 
+# ------------------------------------------------------------------ the call's masker
+
+_DETECTORS: dict[int, tuple[Config, Detector]] = {}
+#: flow.id -> the masker the plugins before the sanitizer used on the call's prompt
+_EARLY: dict[str, Masker] = {}
+
+
+def detector_for(conf: Config) -> Detector:
+    """The detector of a config (built once per config)."""
+    found = _DETECTORS.get(id(conf))
+    if found is None or found[0] is not conf:
+        if len(_DETECTORS) > 256:  # old configs after many reloads
+            _DETECTORS.clear()
+        custom = [
+            CustomPattern(p.name, compile_pattern(p.regex), p.score)
+            for p in conf.custom_patterns or ()
+        ]
+        found = (conf, Detector(conf.anonymize, custom, conf.regex_timeout_ms / 1000))
+        _DETECTORS[id(conf)] = found
+    return found[1]
+
+
+def prompt_masker(flow: http.HTTPFlow, call: Call) -> tuple[Config, Masker] | None:
+    """The ai-sanitizer's config and the call's masker, when the sanitizer runs for
+    the call and masks (or blocks) prompts: for a plugin that runs before it and would
+    otherwise let the prompt's findings out (to an LLM of its own, into the record).
+    The sanitizer goes on with the same masker, so the placeholders agree."""
+    conf = call.plugin(NAME)
+    if not isinstance(conf, Config) or not (conf.masks_input or conf.block_if_detected):
+        return None
+    masker = _EARLY.get(flow.id)
+    if masker is None:
+        masker = _EARLY[flow.id] = Masker(detector_for(conf), conf.redact_type)
+        fid = flow.id
+        call.on_finish.append(lambda _call, _record: _forget_early(fid))
+    return conf, masker
+
+
+def _forget_early(fid: str) -> None:
+    masker = _EARLY.pop(fid, None)
+    if masker is not None:
+        masker.originals.clear()
+        masker.replacements.clear()
+
+
+async def mask_document(masker: Masker, conf: Config, doc: Any) -> Any:
+    """`doc` with every text it holds masked: a JSON value (its strings but
+    identifiers, changed in place) or a text. Raises SanitizerError when the custom
+    patterns run out of time."""
+    holder = [doc]
+    texts: list[StringRef] = []
+    if isinstance(doc, str):
+        texts.append(StringRef((), holder, 0, doc))
+    else:
+        generic_texts(doc, None, texts)
+    for ref, text in await _mask_all(masker, texts, conf):
+        ref.set(text)
+    return holder[0]
+
+
+def restore_text(masker: Masker, text: str) -> str:
+    """`text` with the masker's replacements put back (an LLM's answer to what
+    `mask_document` masked)."""
+    return Recovery(masker.originals).recover(text) if masker.originals else text
+
+
+def restore_document(masker: Masker, doc: Any) -> None:
+    """`restore_text` on every string of a JSON document, in place."""
+    if masker.originals:
+        rewrite_strings(doc, Recovery(masker.originals), None)
+
+
 # ------------------------------------------------------------------ the addon
 
 
@@ -396,20 +486,10 @@ class Policy(PolicyAddon):
     def __init__(self, gateway: Gateway) -> None:
         super().__init__(gateway)
         self._calls: dict[str, CallState] = {}  # flow.id -> state, while the call runs
-        self._detectors: dict[int, tuple[Config, Detector]] = {}
 
-    def detector(self, conf: Config) -> Detector:
-        found = self._detectors.get(id(conf))
-        if found is None or found[0] is not conf:
-            if len(self._detectors) > 256:  # old configs after many reloads
-                self._detectors.clear()
-            custom = [
-                CustomPattern(p.name, compile_pattern(p.regex), p.score)
-                for p in conf.custom_patterns or ()
-            ]
-            found = (conf, Detector(conf.anonymize, custom, conf.regex_timeout_ms / 1000))
-            self._detectors[id(conf)] = found
-        return found[1]
+    @staticmethod
+    def detector(conf: Config) -> Detector:
+        return detector_for(conf)
 
     # ------------------------------------------------------------------ request
 
@@ -418,7 +498,11 @@ class Policy(PolicyAddon):
         if call is None:
             return
         assert isinstance(conf, Config)
-        masker = Masker(self.detector(conf), conf.redact_type)
+        detector = self.detector(conf)
+        masker = _EARLY.pop(flow.id, None)  # a plugin before this one masked with it
+        if masker is None or masker.detector is not detector:
+            masker = Masker(detector, conf.redact_type)
+        masker.counts = {}  # the record counts what the prompt sent upstream holds
         scan = (conf.masks_input or conf.block_if_detected) and flow.request.raw_content
         if scan and not await self._scan(flow, call, conf, masker):
             return  # refused
@@ -455,7 +539,7 @@ class Policy(PolicyAddon):
                 reason = str(e)
             else:
                 reason = "internal error"
-                log.exception("llmitm: ai-sanitizer failed on %s", flow.request.path)
+                log.exception("llmitm: ai-sanitizer failed on %s", logged_path(flow, call))
             if conf.stop_on_error:
                 message = f"the ai-sanitizer could not scan the request: {reason}"
                 deny(flow, call, 500, message, "sanitizer_error", type="api_error")
@@ -482,8 +566,11 @@ class Policy(PolicyAddon):
         return True
 
     # ------------------------------------------------------------------ answers
+    # `response` masks the answer's own findings (OUTPUT), before the plugins after this
+    # one see it; the late hooks put the originals back once every plugin is done.
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def responseheaders_late(self, flow: http.HTTPFlow) -> None:
+        """A stream: its filter (mask, restore) is the last one the stream goes through."""
         state = self._calls.get(flow.id)
         call = self.gw.calls.get(flow)
         if state is None or call is None or call.relay_token is None or flow.response is None:
@@ -499,29 +586,50 @@ class Policy(PolicyAddon):
             log.debug("llmitm: ai-sanitizer cannot rewrite a %s stream", ctype or "untyped")
 
     def response(self, flow: http.HTTPFlow) -> None:
-        state = self._calls.pop(flow.id, None)
-        if state is None:
+        """A whole answer's own findings masked (OUTPUT, BOTH), and the record's copy too."""
+        state = self._calls.get(flow.id)
+        if state is None or state.output is None:
             return
         call = self.gw.calls.get(flow)
         resp = flow.response
         if resp is not None and not resp.stream and resp.raw_content:
             try:
-                self._rewrite(resp, state)
-            except Exception as e:
-                reason = str(e) if isinstance(e, SanitizerError) else "internal error"
-                if not isinstance(e, SanitizerError):
-                    log.exception("llmitm: ai-sanitizer could not rewrite an answer")
-                conf = call.plugin(self.plugin) if call is not None else None
-                if state.output is not None and conf is not None and conf.stop_on_error:
-                    # the answer could not be masked: it does not reach the client
-                    err = _answer_error(reason)
-                    reply_error(flow, call, err)  # type: ignore[union-attr]
-                else:
-                    log.warning("llmitm: ai-sanitizer passes an answer unscanned: %s", reason)
-                    if call is not None:
-                        call.context["sanitizer_error"] = reason
-        if call is not None and state.output is not None:
+                doc = self._rewrite(resp, None, state.output)
+            except Exception as e:  # noqa: BLE001 (logged by _unmasked)
+                self._unmasked(flow, call, state, e)
+            else:
+                # the record keeps the masked answer too
+                if doc is not None and call is not None and call.response_payload is not None:
+                    call.response_payload = doc
+        if call is not None:
             call.context["sanitizer_output"] = dict(sorted(state.output.counts.items()))
+
+    def response_late(self, flow: http.HTTPFlow) -> None:
+        """The originals back in a whole answer, after every other plugin."""
+        state = self._calls.pop(flow.id, None)
+        if state is None or state.recovery is None:
+            return
+        resp = flow.response
+        if resp is not None and not resp.stream and resp.raw_content:
+            try:
+                self._rewrite(resp, state.recovery, None)
+            except Exception as e:  # noqa: BLE001 (logged by _unmasked)
+                self._unmasked(flow, self.gw.calls.get(flow), state, e)
+
+    def _unmasked(
+        self, flow: http.HTTPFlow, call: Call | None, state: CallState, e: Exception
+    ) -> None:
+        reason = str(e) if isinstance(e, SanitizerError) else "internal error"
+        if not isinstance(e, SanitizerError):
+            log.exception("llmitm: ai-sanitizer could not rewrite an answer")
+        conf = call.plugin(self.plugin) if call is not None else None
+        if state.output is not None and conf is not None and conf.stop_on_error:
+            # the answer could not be masked: it does not reach the client
+            reply_error(flow, call, _answer_error(reason))  # type: ignore[arg-type]
+        else:
+            log.warning("llmitm: ai-sanitizer passes an answer unscanned: %s", reason)
+            if call is not None:
+                call.context["sanitizer_error"] = reason
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self._calls.pop(flow.id, None)
@@ -530,18 +638,21 @@ class Policy(PolicyAddon):
             call.context["sanitizer_output"] = dict(sorted(state.output.counts.items()))
 
     @staticmethod
-    def _rewrite(resp: http.Response, state: CallState) -> None:
-        """A whole JSON answer with its originals restored (and its own findings masked)."""
+    def _rewrite(resp: http.Response, recovery: Recovery | None, output: Masker | None) -> Any:
+        """A whole JSON answer with its own findings masked (`output`) or its originals
+        restored (`recovery`): the new document, or None when nothing changed."""
         if "json" not in resp.headers.get("content-type", "").lower():
-            return
+            return None
         try:
             doc = json.loads(resp.content or b"")
         except ValueError:
-            return
-        if state.output is not None:
-            state.output.deadline = time.monotonic() + state.output.detector.timeout
-        if rewrite_strings(doc, state.recovery, state.output):
-            resp.content = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+            return None
+        if output is not None:
+            output.deadline = time.monotonic() + output.detector.timeout
+        if not rewrite_strings(doc, recovery, output):
+            return None
+        resp.content = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        return doc
 
 
 def _answer_error(reason: str) -> ProviderError:

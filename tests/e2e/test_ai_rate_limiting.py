@@ -24,14 +24,15 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, RedisServer
-from tests.fakes.upstream import FakeUpstream, Received, Reply, chat_completion
+from tests.conftest import Gateway, RedisServer, free_port
+from tests.fakes.upstream import FakeUpstream, Received, Reply, chat_completion, chat_stream
 from tests.policy_helpers import module_gateway, openai_client
 
 # the mock's answer on the `long` route: 80 tokens (320 characters)
 LONG_ANSWER = " ".join(["abc"] * 80)
 
-CONFIG = """
+CONFIG = (
+    """
 _format_version: "3.0"
 services:
   - name: llm
@@ -87,10 +88,28 @@ services:
                   limits: [{limit: 1000, window_size: 3600}]
                 - match: [{type: model, partition_by: true}]
                   limits: [{limit: 20, window_size: 3600}]
+      - name: template
+        paths: ["/tpl/v1/chat/completions"]
+        plugins:
+          - name: ai-proxy
+            config: {route_type: llm/v1/chat, model: {provider: mock, name: mock-gpt}}
+          - name: ai-prompt-template
+            config:
+              templates:
+                - {name: eighty, template: '{"messages": [{"role": "user", "content": "EIGHTY{{x}}"}]}'}
+                - {name: huge, template: '{"messages": [{"role": "user", "content": "HUGE{{x}}"}]}'}
+          - name: ai-rate-limiting-advanced
+            config:
+              identifier: header
+              header_name: x-test
+              llm_providers: [{name: mock, limit: [100], window_size: [3600]}]
 plugins:
   - name: file-log
     config: {path: "{records}"}
 """.replace("LONG", LONG_ANSWER)
+    .replace("EIGHTY", "abcd" * 80)
+    .replace("HUGE", "abcd" * 150)
+)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +200,7 @@ def test_a_spent_budget_is_a_429_with_headers_and_retry_after(gw: Gateway, who: 
     refused = my_records(gw, who, 3)[-1]
     assert refused["response"]["status"] == 429
     assert refused["error"]["source"] == "gateway"
-    assert refused["ai"] is None
+    assert refused["ai"]["proxy"]["usage"]["total_tokens"] == 0  # the model was not asked
 
     # another client (another X-Test value) has its own budget
     other = ask(client(gw, "mock", who + "-other"), 10, max_tokens=10)
@@ -269,6 +288,69 @@ def test_concurrent_requests_cannot_all_spend_the_same_budget(
     assert len(sent) == 3  # the refused ones never reached the upstream
 
 
+def test_concurrent_streams_without_max_tokens_cannot_overspend(
+    gw: Gateway, upstream: FakeUpstream, who: str
+) -> None:
+    # what the openai SDK sends by default: no max_tokens. Each request spends 10 + 10
+    # tokens, streamed, and is held in flight; a budget of 100 must not see 200 spent
+    # (reserving only the prompts, 10 x 10 tokens, lets all 10 streams start at once)
+    events = chat_stream(["ok"] * 10, usage=(10, 10))
+    upstream.reply(lambda req: Reply.sse([0.3, *events]))
+    c = client(gw, "fake", who)
+
+    def one(_: int) -> int:
+        try:
+            stream = c.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": words(10)}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            for _chunk in stream:
+                pass
+            return 200
+        except openai.APIStatusError as e:
+            assert e.status_code == 429, e
+            return e.status_code
+
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(one, range(10)))
+    assert 200 in statuses
+    passed = statuses.count(200)
+    spent = sum(
+        r["ai"]["proxy"]["usage"]["total_tokens"]
+        for r in my_records(gw, who, 10)
+        if r["response"]["status"] == 200
+    )
+    assert spent == 20 * passed <= 100, statuses
+    sent = [r for r in upstream.received if r.headers.get("x-test") == who]
+    assert len(sent) == passed  # the refused ones never reached the upstream
+
+
+def test_a_templated_request_reserves_its_expanded_prompt(gw: Gateway, who: str) -> None:
+    def templated(name: str) -> httpx.Response:
+        budget = f"{who}-{name}"  # (the mock's echo spends more than the whole budget)
+        return httpx.post(
+            f"{gw.url}/tpl/v1/chat/completions",
+            headers={"X-Test": budget, "X-Message-Id": budget},
+            json={"messages": f"{{template://{name}}}", "properties": {"x": ""}, "max_tokens": 10},
+            trust_env=False,
+        )
+
+    # the request names a template; the prompt the mock gets is 80 tokens: with its
+    # max_tokens of 10, 90 of the 100 are reserved, not the few of the reference
+    r = templated("eighty")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-ai-ratelimit-remaining-3600-mock"] == "10"
+    # a template that expands past the whole budget is told so
+    r = templated("huge")
+    assert r.status_code == 429
+    assert (
+        "needs an estimated 160 tokens, more than the whole limit of 100 tokens"
+        in (r.json()["error"]["message"])
+    )
+
+
 def test_policies_match_headers_and_partition_by_model(gw: Gateway, who: str) -> None:
     c = client(gw, "tiers", who)
     # no tier header: the model policy, 20 tokens per model
@@ -305,6 +387,19 @@ routes:
           strategy: redis
           redis: {host: 127.0.0.1, port: PORT, timeout: 500}
           llm_providers: [{name: mock, limit: [100], window_size: [3600]}]
+  - name: strict
+    paths: ["/strict/v1/chat/completions"]
+    plugins:
+      - name: ai-proxy
+        config: {route_type: llm/v1/chat, model: {provider: mock, name: mock-gpt}}
+      - name: ai-rate-limiting-advanced
+        config:
+          identifier: header
+          header_name: x-test
+          strategy: redis
+          fault_tolerant: false
+          redis: {host: 127.0.0.1, port: PORT, timeout: 500}
+          llm_providers: [{name: mock, limit: [100], window_size: [3600]}]
 """
 
 
@@ -312,7 +407,11 @@ def test_two_gateways_on_one_redis_share_one_budget(
     redis_server: RedisServer, start_gateway: Any, who: str
 ) -> None:
     config = REDIS_CONFIG.replace("PORT", str(redis_server.port))
-    gateways = [start_gateway(config, quiet=False), start_gateway(config, quiet=False)]
+    status = f"127.0.0.1:{free_port()}"
+    gateways = [
+        start_gateway(config, quiet=False, status_listen=status),
+        start_gateway(config, quiet=False),
+    ]
     # 10 requests at once, 5 on each gateway; each spends exactly 20 (10 + the echo
     # of 10, reserved as max_tokens 10): 100 fit 5 of them in all, not 5 per gateway
     clients = [client(g, "mock", who) for g in gateways]
@@ -332,10 +431,34 @@ def test_two_gateways_on_one_redis_share_one_budget(
             ask(c, 1, max_tokens=1)
         assert e.value.response.headers["x-ai-ratelimit-remaining-3600-mock"] == "0"
 
-    # Redis dies: Kong's AI rate limiting goes on when its store fails, and so does
-    # llmitm, uncounted and saying so in the log
+    # with Redis up, the strict route counts as the other one does
+    assert ask(client(gateways[0], "strict", who), 10, max_tokens=10).status_code == 200
+
+    # Redis dies: fault_tolerant (the default) lets the request through, uncounted and
+    # saying so in the log
     redis_server.kill()
     r = ask(client(gateways[0], "mock", who + "-down"), 10, max_tokens=10)
     assert r.status_code == 200
     assert "x-ai-ratelimit-remaining-3600-mock" not in r.headers
-    assert "counters unavailable, request allowed" in gateways[0].log()
+    # fault_tolerant: false refuses it, as rate-limiting does
+    with pytest.raises(openai.InternalServerError) as e:
+        ask(client(gateways[0], "strict", who + "-down"), 10, max_tokens=10)
+    assert e.value.response.json()["error"] == {
+        "message": "ai-rate-limiting-advanced cannot reach its counters (Redis is unavailable)",
+        "type": "api_error",
+        "param": None,
+        "code": "rate_limit_unavailable",
+    }
+    deadline = time.time() + 5
+    while "request refused (fault_tolerant is false)" not in (log := gateways[0].log()):
+        assert time.time() < deadline, log
+        time.sleep(0.05)
+    assert "counters unavailable, request allowed" in log
+    # both counted, for the operator's dashboards
+    metrics = httpx.get(f"http://{status}/metrics", trust_env=False).text
+    for outcome in ("allowed", "refused"):
+        line = (
+            "llmitm_policy_store_unavailable_total"
+            f'{{outcome="{outcome}",plugin="ai-rate-limiting-advanced"}} 1.0'
+        )
+        assert line in metrics, metrics

@@ -64,6 +64,13 @@ services:
             config: {{route_type: llm/v1/chat, model: {MOCK}}}
           - name: ip-restriction
             config: {{deny: ["127.0.0.1"], status: 451, message: "Not from here"}}
+      - name: ip-no-v6-loopback
+        paths: ["/ip/no-v6/v1/chat/completions"]
+        plugins:
+          - name: ai-proxy
+            config: {{route_type: llm/v1/chat, model: {MOCK}}}
+          - name: ip-restriction
+            config: {{deny: ["::1/128"]}}
       - name: ip-mapped
         paths: ["/ip/mapped/v1/chat/completions"]
         plugins:
@@ -140,10 +147,26 @@ plugins:
 LIMIT = 2048  # the 2-kilobyte routes
 
 
+def ipv6_loopback_port() -> int | None:
+    """A free port on the IPv6 loopback `::1`, or None when the machine has none."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            return s.getsockname()[1]
+    except OSError:
+        return None
+
+
+#: the module gateway's second listener, on ::1 (None: no IPv6 loopback here)
+V6_PORT = ipv6_loopback_port()
+
+
 @pytest.fixture(scope="module")
 def gw(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     config = CONFIG.replace("DEAD", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    with module_gateway(tmp_path_factory, config, upstream) as g:
+    # clients reach it over IPv6 too (mitmproxy takes the bare address in a mode's listen spec)
+    extra = ["--mode", f"reverse:http://127.0.0.1:9@::1:{V6_PORT}"] if V6_PORT else []
+    with module_gateway(tmp_path_factory, config, upstream, extra=extra) as g:
         yield g
     assert "Traceback" not in g.log(), g.log()  # no hook crashed along the way
 
@@ -422,6 +445,32 @@ def test_status_and_message_overrides(gw: Gateway) -> None:
 def test_ipv4_mapped_rule_matches_an_ipv4_client(gw: Gateway) -> None:
     resp = httpx.post(f"{gw.url}/ip/mapped/v1/chat/completions", json=chat("mapped"))
     assert resp.status_code == 200
+
+
+def test_ipv6_clients(gw: Gateway) -> None:
+    if V6_PORT is None:
+        pytest.skip("this machine has no IPv6 loopback (::1) to connect from")
+    v6 = f"http://[::1]:{V6_PORT}"
+    # allowed by its IPv6 entry ("::1")
+    resp = httpx.post(f"{v6}/ip/loopback/v1/chat/completions", json=chat("over v6"))
+    assert resp.status_code == 200
+    assert resp.json()["choices"][0]["message"]["content"] == "over v6"
+    # an IPv4-only allow list does not let ::1 in; nor does an IPv6 range it is outside of
+    assert_error(
+        httpx.post(f"{v6}/ip/deny/v1/chat/completions", json=chat("hi")),
+        403,
+        "IP address not allowed: ::1",
+    )
+    assert_error(
+        httpx.post(f"{v6}/ip/ten/v1/chat/completions", json=chat("hi")),
+        403,
+        "IP address not allowed: ::1",
+    )
+    # an IPv6 deny entry refuses ::1, and only it: the same route lets 127.0.0.1 in
+    refused = httpx.post(f"{v6}/ip/no-v6/v1/chat/completions", json=chat("hi"), headers=tagged())
+    assert_error(refused, 403, "IP address not allowed: ::1")
+    assert TAG.record(gw)["client_ip"] == "::1"
+    assert httpx.post(f"{gw.url}/ip/no-v6/v1/chat/completions", json=chat("hi")).status_code == 200
 
 
 # ----------------------------------------------------------------------------- cors

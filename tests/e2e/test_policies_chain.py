@@ -84,3 +84,33 @@ def test_the_example_chain(gw: Any) -> None:
     # the keys were never recorded
     dump = Path(gw.records_path).read_text()
     assert ALICE not in dump and BOB not in dump
+
+
+PREPEND = "You are a helpful assistant. Answer in one paragraph."
+APPEND = "Reply in French."
+
+
+def test_the_decorators_messages_reach_the_model(start_gateway: Any) -> None:
+    """The example's decorator, with an `append` added and payloads recorded: the mock
+    echoes the last user message, the appended one; the record shows every message the
+    model got, the prepended system message first."""
+    text = (REPO / "configs" / "policies.yaml").read_text()
+    anchor = f"                    content: {PREPEND}\n"
+    assert anchor in text and "log_payloads: false" in text  # the example as it is
+    text = text.replace(
+        anchor,
+        anchor
+        + f"                append:\n                  - {{role: user, content: {APPEND}}}\n",
+    )
+    text = text.replace("log_payloads: false", "log_payloads: true")
+    text = text.replace("logs/llmitm-calls.jsonl", "{records}")
+    gw = start_gateway(text, env={"ALICE_API_KEY": ALICE, "BOB_API_KEY": BOB})
+    answer = ask(client(gw, ALICE), "hello from alice").parse()
+    assert answer.choices[0].message.content == APPEND
+    [record] = gw.wait_records(1)
+    sent = record["ai"]["proxy"]["payload"]["request"]["messages"]
+    assert sent == [
+        {"role": "system", "content": PREPEND},
+        {"role": "user", "content": "hello from alice"},
+        {"role": "user", "content": APPEND},
+    ]

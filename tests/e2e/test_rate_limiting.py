@@ -4,6 +4,7 @@ processes against a real redis-server (killed and restarted mid-test)."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ services:
         custom="{hour: 1, error_code: 503, error_message: Slow down please}",
         stream="{hour: 50, day: 100}",
         path="{hour: 1, limit_by: path, path: /path/v1/chat/completions}",
+        early="{hour: 1}",
     )
     + """
       - name: keyed
@@ -73,6 +75,9 @@ services:
               model: {provider: mock, name: mock-gpt}
           - name: rate-limiting
             config: {hour: 2}
+plugins:
+  - name: file-log
+    config: {path: "{records}"}
 """
 )
 
@@ -216,6 +221,35 @@ def test_streamed_answers_get_the_headers(gw: Gateway) -> None:
     assert int(h["X-RateLimit-Remaining-Hour"]) < 50
     # RateLimit-* names the window closest to its limit: the hour's
     assert h["RateLimit-Limit"] == "50"
+
+
+def test_a_limited_client_gets_its_429_before_uploading_the_body(gw: Gateway) -> None:
+    clear_of_boundary(3600, margin=30)
+    url = f"{gw.url}/early/v1/chat/completions"
+    assert post(url).status_code == 200
+    # the next request announces a 1 MB body and sends none of it: the limit is decided
+    # on its headers, so the answer comes without the gateway waiting for the body
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
+        sock.sendall(
+            b"POST /early/v1/chat/completions HTTP/1.1\r\n"
+            b"Host: gw.test\r\nContent-Type: application/json\r\nX-Message-Id: early-1\r\n"
+            b"Content-Length: 1000000\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(65536)
+            assert data, "the gateway closed the connection without an answer"
+            head += data
+    status_line, _, rest = head.partition(b"\r\n")
+    assert status_line.split()[1] == b"429", head
+    headers = rest.lower()
+    assert b"retry-after:" in headers
+    assert b"x-ratelimit-remaining-hour: 0" in headers
+    # recorded as the client's request (not the stand-in the body went to)
+    refused = gw.record(message_id="early-1")
+    assert refused["response"]["status"] == 429
+    assert refused["request"]["uri"] == "/early/v1/chat/completions"
+    assert refused["request"]["method"] == "POST"
 
 
 # ------------------------------------------------------------------ redis policy

@@ -60,18 +60,19 @@ def route(
 
 
 CONFIG = (
-    """
+    (
+        """
 _format_version: "3.0"
 services:
   - name: llm
     url: http://127.0.0.1:9
     routes:
 """
-    + route("chat", "{}")
-    + route("block", "{block_if_detected: true}")
-    + route("kept", "{recover_redacted: false}")
-    + route("mock", "{}", "{provider: mock, name: mock-gpt}")
-    + """
+        + route("chat", "{}")
+        + route("block", "{block_if_detected: true}")
+        + route("kept", "{recover_redacted: false}")
+        + route("mock", "{}", "{provider: mock, name: mock-gpt}")
+        + """
       - name: embeddings
         paths: ["/emb/v1/embeddings"]
         plugins:
@@ -96,10 +97,52 @@ services:
               logging: {log_payloads: true}
           - name: ai-sanitizer
             config: {}
+      - name: tpl
+        paths: ["/tpl/v1/chat/completions"]
+        plugins:
+          - name: ai-proxy
+            config:
+              route_type: llm/v1/chat
+              model: FAKE_MODEL
+              logging: {log_payloads: true}
+          - name: ai-prompt-template
+            config:
+              log_original_request: true
+              templates:
+                - name: contact
+                  template: '{"messages": [{"role": "user", "content": "Write to {{email}} about {{topic}}."}]}'
+          - name: ai-sanitizer
+            config: {}
+      - name: tx
+        paths: ["/tx/v1/chat/completions"]
+        plugins:
+          - name: ai-proxy
+            config:
+              route_type: llm/v1/chat
+              model: FAKE_MODEL
+              logging: {log_payloads: true}
+          - name: ai-request-transformer
+            config:
+              prompt: Make it polite.
+              llm: TRANSFORMER_LLM
+          - name: ai-response-transformer
+            config:
+              prompt: Shout it.
+              llm: TRANSFORMER_LLM
+          - name: ai-sanitizer
+            config: {}
 plugins:
   - name: file-log
     config: {path: "{records}"}
 """
+    )
+    .replace("FAKE_MODEL", FAKE_OPENAI_MODEL)
+    .replace(
+        "TRANSFORMER_LLM",
+        # the transformers' own LLM: the fake upstream too, under /llm; its payloads recorded
+        "{route_type: llm/v1/chat, logging: {log_payloads: true}, model: {provider: openai, "
+        'name: gpt-4o-mini, options: {upstream_url: "UPSTREAM/llm/v1/chat/completions"}}}',
+    )
 )
 
 
@@ -356,4 +399,77 @@ def test_native_anthropic_route(gw: Gateway, fake: FakeUpstream) -> None:
     assert text == f"Hello {EMAIL}, card {CARD} and {IBAN}."
     rec = record(gw)
     assert rec["context"]["sanitizer"] == {"creditcard": 1, "email": 2, "iban": 1, "openai_key": 1}
+    assert not any(v in json.dumps(rec) for v in VALUES)
+
+
+# ------------------------------------------ the plugins around the sanitizer
+
+
+def test_the_template_s_original_request_is_recorded_masked(
+    gw: Gateway, fake: FakeUpstream
+) -> None:
+    fake.reply(lambda r: Reply.json(chat_completion(f"Noted: {echo_placeholders(r)}.")))
+    r = httpx.post(
+        f"{gw.url}/tpl/v1/chat/completions",
+        json={
+            "model": "gpt-4o-mini",
+            "messages": "{template://contact}",
+            "properties": {"email": EMAIL, "topic": "the invoice"},
+        },
+        headers=TAG.headers(),
+        trust_env=False,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == f"Noted: {EMAIL}."
+    assert fake.last().json()["messages"][0]["content"] == "Write to <EMAIL_1> about the invoice."
+    rec = record(gw)
+    # the client's request as it came (log_original_request), masked as the prompt is
+    assert rec["context"]["original_request"]["properties"] == {
+        "email": "<EMAIL_1>",
+        "topic": "the invoice",
+    }
+    assert rec["context"]["original_request"]["messages"] == "{template://contact}"
+    assert rec["context"]["sanitizer"] == {"email": 1}
+    assert EMAIL not in json.dumps(rec)
+
+
+def transformers_and_model(req: Received) -> Reply:
+    """The transformers' LLM (under /llm): the request one adds a polite word to the
+    body, the response one shouts the answer; the route's model: echoes placeholders."""
+    if req.path.startswith("/llm"):
+        sent = req.json()["messages"]
+        system, user = sent[0]["content"], sent[-1]["content"]
+        if system == "Make it polite.":
+            body = json.loads(user)
+            body["messages"][-1]["content"] = "Please: " + body["messages"][-1]["content"]
+            return Reply.json(chat_completion(json.dumps(body)))
+        return Reply.json(chat_completion(user.replace("Noted", "NOTED")))
+    return Reply.json(chat_completion(f"Noted: {echo_placeholders(req)}."))
+
+
+def test_the_transformers_llms_never_see_the_originals(gw: Gateway, fake: FakeUpstream) -> None:
+    fake.reply(transformers_and_model)
+    answer = client(gw, "tx").chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
+    )
+    # the client gets its values back, in the answer both transformers went over
+    assert answer.choices[0].message.content == f"NOTED: {EMAIL} {CARD} {KEY} {IBAN}."
+    to_llm = [r for r in fake.received if r.path.startswith("/llm")]
+    to_model = [r for r in fake.received if not r.path.startswith("/llm")]
+    assert len(to_llm) == 2 and len(to_model) == 1
+    for req in fake.received:  # neither transformer's LLM, nor the model, got one
+        for value in VALUES:
+            assert value.encode() not in req.body, (req.path, value)
+    # the request transformer worked on placeholders, the response one too
+    assert "<EMAIL_1>" in to_llm[0].json()["messages"][-1]["content"]
+    assert "Noted: <EMAIL_1> <CREDITCARD_1>" in to_llm[1].json()["messages"][-1]["content"]
+    assert to_model[0].json()["messages"][0]["content"].startswith("Please: I am <EMAIL_1>,")
+
+    rec = record(gw)
+    assert rec["context"]["sanitizer"] == COUNTS
+    # the record keeps what the client got, masked
+    assert ai(rec)["payload"]["response"]["choices"][0]["message"]["content"] == (
+        "NOTED: <EMAIL_1> <CREDITCARD_1> <OPENAI_KEY_1> <IBAN_1>."
+    )
+    assert "<EMAIL_1>" in rec["context"]["ai_request_transformer"]["payload"]["request"]
     assert not any(v in json.dumps(rec) for v in VALUES)

@@ -865,3 +865,151 @@ async def test_store_unreachable_lets_requests_through_with_a_warning(
     f, call = await h.send(chat("hi"))
     assert f.response is None and call.on_finish == []
     assert "counters unavailable, request allowed" in caplog.text
+
+
+async def test_fault_tolerant_false_refuses_with_a_500_and_counts_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness(load(f"{{llm_providers: [{LIMIT}], fault_tolerant: false}}"))
+    h.gw.counters["local"] = DownStore()
+    f, call = await h.send(chat("hi"))
+    assert status(f) == 500
+    err = error_of(f)
+    assert (
+        err["message"]
+        == "ai-rate-limiting-advanced cannot reach its counters (Redis is unavailable)"
+    )
+    assert err["code"] == "rate_limit_unavailable"
+    assert call.error_source == "gateway" and call.on_finish == []
+    assert "request refused (fault_tolerant is false)" in caplog.text
+    metric = h.gw.metrics.store_unavailable
+    assert metric.labels(arl.NAME, "refused")._value.get() == 1
+    assert metric.labels(arl.NAME, "allowed")._value.get() == 0
+
+
+def test_llmitm_defaults() -> None:
+    conf = conf_of(load(f"{{llm_providers: [{LIMIT}]}}"))
+    assert conf.fault_tolerant is True  # as Kong's rate-limiting
+    assert conf.reserve_completion_tokens == 1024
+    assert "reserve_completion_tokens" in load_error(
+        f"{{llm_providers: [{LIMIT}], reserve_completion_tokens: -1}}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "body", "completion", "guessed"),
+    [
+        ("{}", chat(words(10)), 300, True),  # nothing says how long the answer may be
+        ("{}", chat(words(10), n=2), 600, True),
+        ("{}", chat(words(10), max_tokens=50), 50, False),
+        ("{max_tokens: 20}", chat(words(10)), 20, False),  # the route's, sent by ai-proxy
+    ],
+)
+def test_an_answer_size_is_guessed_only_when_nothing_limits_it(
+    options: str, body: dict[str, Any], completion: int, guessed: bool
+) -> None:
+    est = arl.estimate(ai_conf("llm/v1/chat", options), body, reserve=300)
+    assert (est.prompt, est.completion, est.guessed) == (10, completion, guessed)
+    assert est.least("total_tokens") == (10 if guessed else 10 + completion)
+    embeddings = arl.estimate(ai_conf("llm/v1/embeddings"), {"input": words(6)}, reserve=300)
+    assert (embeddings.completion, embeddings.guessed) == (0, False)
+
+
+@pytest.mark.parametrize(
+    ("reserve", "passed"),
+    [
+        ("", 1),  # the default (1024): the first takes what is left, the rest wait
+        (", reserve_completion_tokens: 20", 3),  # 10 + 20 each: 3 fit in 100
+        (", reserve_completion_tokens: 0", 10),  # the prompt only (Kong's optimism)
+    ],
+)
+async def test_requests_without_max_tokens_reserve_an_answer(reserve: str, passed: int) -> None:
+    h = Harness(
+        load(f"{{llm_providers: [{{name: mock, limit: [100], window_size: [60]}}]{reserve}}}")
+    )
+    flows = [h.flow(chat(words(10))) for _ in range(10)]
+    await asyncio.gather(*(h.addon.request(f) for f, _ in flows))
+    assert sum(f.response is None for f, _ in flows) == passed
+    refused = [f for f, _ in flows if f.response is not None]
+    assert all(status(f) == 429 for f in refused)
+
+
+async def test_what_is_left_is_reserved_when_the_whole_guess_does_not_fit() -> None:
+    h = Harness(load("{llm_providers: [{name: mock, limit: [100], window_size: [60]}]}"))
+    await h.send(chat(words(10), max_tokens=60))  # 70 held
+    f2, c2 = await h.send(chat(words(10)))  # 1034 wanted: the 30 left are enough to start
+    assert f2.response is None
+    h.addon.response(_respond(f2))
+    assert f2.response.headers["X-AI-RateLimit-Remaining-60-mock"] == "0"
+    f3, _ = await h.send(chat(words(1)))  # nothing left beyond its prompt
+    assert status(f3) == 429
+    # the second call used 10 + 5: 15 of its 30 come back
+    await h.finish(f2, c2, record(10, 5))
+    f4, _ = await h.send(chat(words(10)))
+    assert f4.response is None  # 15 left, more than its 10-token prompt
+    h.addon.response(_respond(f4))
+    assert f4.response.headers["X-AI-RateLimit-Remaining-60-mock"] == "0"
+
+
+async def late(h: Harness, f: Any) -> None:
+    """The plugin's late request hook, as the chain runs it (sync or async)."""
+    pending = h.addon.request_late(f)
+    if pending is not None:
+        await pending
+
+
+def rewrite(f: Any, call: Call, body: dict[str, Any]) -> None:
+    """What a prompt plugin after the token limit does (template, decorator)."""
+    from addons.policies.base import set_json_body
+
+    set_json_body(f, call, body)
+
+
+async def test_a_rewritten_prompt_tops_the_reservation_up_before_ai_proxy() -> None:
+    h = Harness(load("{llm_providers: [{name: mock, limit: [100], window_size: [60]}]}"))
+    f, call = await h.send(chat(words(5), max_tokens=10))  # 15 reserved
+    rewrite(f, call, chat(words(45), max_tokens=10))  # the template made it 45 tokens
+    await late(h, f)
+    assert f.response is None
+    h.addon.response(_respond(f))
+    assert f.response.headers["X-AI-RateLimit-Remaining-60-mock"] == "45"  # 100 - 55
+    # settled with the real usage: the top-up is part of the reservation
+    await h.finish(f, call, record(45, 10))
+    f2, _ = await h.send(chat(words(35), max_tokens=10))
+    h.addon.response(_respond(f2))
+    assert f2.response.headers["X-AI-RateLimit-Remaining-60-mock"] == "0"
+
+
+async def test_a_top_up_that_does_not_fit_is_a_429_and_releases_the_reservation() -> None:
+    h = Harness(load("{llm_providers: [{name: mock, limit: [100], window_size: [60]}]}"))
+    await h.send(chat(words(50), max_tokens=10))  # 60 held by another call
+    f, call = await h.send(chat(words(5), max_tokens=10))  # 15 more: 75
+    rewrite(f, call, chat(words(40), max_tokens=10))  # 35 more do not fit (75 + 35 > 100)
+    await late(h, f)
+    assert status(f) == 429
+    assert error_of(f)["code"] == "token_rate_limit_exceeded"
+    assert f.response.headers["X-AI-RateLimit-Remaining-60-mock"] == "25"
+    await h.finish(f, call, NO_AI)
+    # its 15 came back: 40 are left
+    f2, _ = await h.send(chat(words(30), max_tokens=10))
+    assert f2.response is None
+
+
+async def test_a_rewritten_prompt_larger_than_the_limit_is_told_so() -> None:
+    h = Harness(load("{llm_providers: [{name: mock, limit: [100], window_size: [60]}]}"))
+    f, call = await h.send(chat("{template://big}"))
+    rewrite(f, call, chat(words(150)))
+    await late(h, f)
+    assert status(f) == 429
+    assert "estimated 150 tokens, more than the whole limit of 100" in error_of(f)["message"]
+    await h.finish(f, call, NO_AI)
+    assert all(b[0] == 0 for b in h.local._buckets.values())  # nothing stays held
+
+
+async def test_an_unchanged_body_is_not_estimated_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(load("{llm_providers: [{name: mock, limit: [100], window_size: [60]}]}"))
+    f, _ = await h.send(chat(words(10), max_tokens=10))
+    estimates: list[Any] = []
+    monkeypatch.setattr(arl, "estimate", lambda *a, **kw: estimates.append(a))
+    assert h.addon.request_late(f) is None  # no coroutine either: a cheap exit
+    assert f.response is None and estimates == []

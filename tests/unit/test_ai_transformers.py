@@ -20,7 +20,7 @@ from addons.policies import _llm_call, request_transformer, response_transformer
 from addons.policies._llm_call import Transport, ask, complete, extract, json_value
 from addons.policies.response_transformer import parse_instructions
 from addons.state import Gateway
-from providers.base import ProviderError
+from providers.base import ProviderError, Usage
 from tests.conftest import free_port
 from tests.fakes.upstream import FakeUpstream, Reply, chat_completion
 from tests.policy_helpers import error_of, route_config, routed_request
@@ -757,3 +757,69 @@ async def test_bad_instructions_are_a_502_for_the_client() -> None:
     assert f.response.status_code == 502
     assert "failed to parse JSON response instructions" in error_of(f)["message"]
     assert call.error_source == "gateway"
+
+
+# ------------------------------------------------- with the ai-sanitizer on the route
+
+SANITIZED = """
+_format_version: "3.0"
+services:
+  - name: llm
+    routes:
+      - name: chat
+        paths: ["/chat"]
+        plugins:
+          - name: ai-proxy
+            config: {route_type: llm/v1/chat, model: {provider: mock, name: mock-gpt}}
+          - name: ai-request-transformer
+            config:
+              prompt: Make it polite.
+              llm: {route_type: llm/v1/chat, model: {provider: mock, name: rewriter}}
+          - name: ai-sanitizer
+            config: SANITIZER
+"""
+
+
+def _llm_echo(monkeypatch: pytest.MonkeyPatch, answer: Any) -> list[str]:
+    """The transformer's LLM, replaced: it notes what it was sent and answers `answer`
+    (a function of what it was sent)."""
+    asked: list[str] = []
+
+    async def ask(gw: Any, llm: Any, system: str, user: str, transport: Any = None) -> Any:
+        asked.append(user)
+        return _llm_call.LLMAnswer(answer(user), "mock", "rewriter", Usage(1, 1), None, 1)
+
+    monkeypatch.setattr(request_transformer, "ask", ask)
+    return asked
+
+
+async def test_the_request_transformers_llm_gets_the_masked_body(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    email = "jane.roe@example.com"
+    # the LLM keeps the placeholder it was given, and adds a polite word
+    asked = _llm_echo(monkeypatch, lambda sent: sent.replace("write to", "kindly write to"))
+    gw = Gateway()
+    gw.config = load_text(SANITIZED.replace("SANITIZER", "{}"), SOURCE)
+    body = {"messages": [{"role": "user", "content": f"write to {email}"}]}
+    f = _flow(gw, "/chat", json.dumps(body).encode())
+    await request_transformer.Policy(gw).request(f)
+    assert f.response is None
+    assert email not in asked[0] and "<EMAIL_1>" in asked[0]
+    # the rest of the chain gets the originals back (the sanitizer masks them next)
+    assert json.loads(f.request.content)["messages"][0]["content"] == f"kindly write to {email}"
+
+
+async def test_a_body_the_sanitizer_cannot_scan_is_not_sent_to_the_llm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked = _llm_echo(monkeypatch, lambda sent: sent)
+    slow = '{custom_patterns: [{name: slow, regex: "(?:x+x+)+y"}], regex_timeout_ms: 20}'
+    gw = Gateway()
+    gw.config = load_text(SANITIZED.replace("SANITIZER", slow), SOURCE)
+    body = {"messages": [{"role": "user", "content": "x" * 5000}]}
+    f = _flow(gw, "/chat", json.dumps(body).encode())
+    await request_transformer.Policy(gw).request(f)
+    assert f.response is not None and f.response.status_code == 500
+    assert error_of(f)["code"] == "sanitizer_error"
+    assert asked == []

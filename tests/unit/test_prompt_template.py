@@ -382,3 +382,27 @@ def test_an_untemplated_request_is_left_alone() -> None:
     flow, _ = run(BLOCK, raw)
     assert flow.response is None
     assert flow.request.content == raw  # not even re-serialized
+
+
+async def test_log_original_request_is_masked_when_the_sanitizer_runs_for_the_call() -> None:
+    """The properties hold what the template puts in the prompt: the ai-sanitizer masks it
+    in the prompt, and the record's copy of the client's request is masked the same way."""
+    email = "jane.roe@example.com"
+    config = route_config(
+        {
+            "ai-prompt-template": "\n" + BLOCK + "\nlog_original_request: true",
+            "ai-sanitizer": "{}",
+        },
+        service="svc",
+        route="chat",
+        path="/chat",
+    )
+    raw = {"model": "m", "messages": "{template://explain}", "properties": {"thing": email}}
+    gw, flow, call = flow_with_call(load(config), "chat", json.dumps(raw).encode())
+    pending = pt.Policy(gw).request(flow)
+    assert pending is not None  # the masking runs in a coroutine
+    await pending
+    assert call.context["original_request"] == {**raw, "properties": {"thing": "<EMAIL_1>"}}
+    assert email not in json.dumps(call.context)
+    # the prompt itself is rendered with the value (the sanitizer masks it next)
+    assert json.loads(flow.request.content)["messages"][0]["content"] == f"Explain {email}"

@@ -307,9 +307,16 @@ class Gw:
         self.metrics = Metrics(process_collectors=False)
 
 
+async def request(policy: rl.Policy, flow: Any) -> None:
+    """The `request` hook, as the chain runs it (sync or async)."""
+    pending = policy.request(flow)
+    if pending is not None:
+        await pending
+
+
 async def run(policy: rl.Policy, gw: Gw, call: Call, flow: Any) -> Any:
     gw.calls.put(flow, call)
-    await policy.request(flow)
+    await request(policy, flow)
     if flow.response is None:  # what the upstream would answer
         flow.response = tflow.tresp()
     policy.responseheaders(flow)
@@ -472,3 +479,63 @@ async def test_redis_policy_against_a_real_server(redis_server: Any) -> None:
     for g in (gw, gw2):
         for c in g.counters.values():
             await c.aclose()
+
+
+async def test_decided_before_the_body_when_the_client_is_known() -> None:
+    gw = Gw()
+    policy = rl.Policy(gw)
+    cfg = load("{minute: 1}")
+    first, second = flow_to(), flow_to()
+    for f in (first, second):
+        gw.calls.put(f, call_for(cfg))
+        await policy.requestheaders(f)
+    assert first.response is None
+    assert second.response is not None and second.response.status_code == 429
+    # the `request` hook does not count the allowed one a second time
+    assert policy.request(first) is None
+    assert first.response is None
+    assert [b[0] for b in gw.counters["local"]._buckets.values()] == [1]
+
+
+KEY_IN_BODY = """
+_format_version: "3.0"
+consumers:
+  - username: alice
+    keyauth_credentials: [{key: alice-key}]
+    plugins:
+      - name: rate-limiting
+        config: {minute: 1}
+services:
+  - name: svc
+    routes:
+      - name: chat
+        paths: ["/v1/chat/completions"]
+        plugins:
+          - name: ai-proxy
+            config: {route_type: llm/v1/chat, model: {provider: mock, name: mock-gpt}}
+          - name: key-auth
+            config: {key_in_body: true}
+          - name: rate-limiting
+            config: {minute: 100}
+"""
+
+
+async def test_waits_for_the_body_when_key_auth_may_find_the_consumer_there() -> None:
+    gw = Gw()
+    policy = rl.Policy(gw)
+    cfg = load_text(KEY_IN_BODY)
+    f = flow_to()
+    call = call_for(cfg)
+    gw.calls.put(f, call)
+    await policy.requestheaders(f)
+    assert "local" not in gw.counters  # not counted yet: the consumer may have its own limit
+    # key-auth found alice in the body: her own limit (1 a minute) applies
+    call.set_consumer(*next((c.consumer, c) for c in cfg.credentials.values()))
+    await request(policy, f)
+    assert f.response is None
+    f2 = flow_to()
+    call2 = call_for(cfg)
+    call2.set_consumer(call.consumer, call.credential)
+    gw.calls.put(f2, call2)
+    await policy.requestheaders(f2)  # known from a header this time: decided at once
+    assert f2.response is not None and f2.response.status_code == 429

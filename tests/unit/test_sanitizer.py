@@ -339,6 +339,13 @@ def answer(content: str, args: str | None = None) -> http.Response:
     return http.Response.make(200, json.dumps(body).encode(), {"content-type": "application/json"})
 
 
+def finish_answer(policy: Policy, f: http.HTTPFlow) -> None:
+    """The answer's hooks as the chain runs them: `response` in order (the answer's own
+    findings masked), `response_late` after every plugin (the originals back)."""
+    policy.response(f)
+    policy.response_late(f)
+
+
 def content_of(resp: http.Response) -> dict[str, Any]:
     return json.loads(resp.content or b"")["choices"][0]["message"]
 
@@ -349,7 +356,7 @@ async def test_buffered_answer_gets_the_originals_and_state_is_dropped() -> None
     f.response = answer(
         "Hello <EMAIL_1>, your card <CREDITCARD_1>.", json.dumps({"to": "<EMAIL_1>"})
     )
-    policy.response(f)
+    finish_answer(policy, f)
     message = content_of(f.response)
     assert message["content"] == f"Hello {EMAIL}, your card {CARD}."
     assert json.loads(message["tool_calls"][0]["function"]["arguments"]) == {"to": EMAIL}
@@ -364,7 +371,7 @@ async def test_recover_redacted_false_keeps_placeholders() -> None:
     policy, f, _ = await send(gateway("{recover_redacted: false}"), chat(f"I am {EMAIL}"))
     assert policy._calls == {}  # nothing kept for the call
     f.response = answer("Hello <EMAIL_1>")
-    policy.response(f)
+    finish_answer(policy, f)
     assert content_of(f.response)["content"] == "Hello <EMAIL_1>"
 
 
@@ -380,7 +387,7 @@ async def test_on_finish_forgets_the_originals() -> None:
 async def test_output_mode_masks_the_answer_and_counts() -> None:
     policy, f, call = await send(gateway("{sanitization_mode: BOTH}"), chat(f"I am {EMAIL}"))
     f.response = answer("Hi <EMAIL_1>, the admin is root@corp.example.org")
-    policy.response(f)
+    finish_answer(policy, f)
     assert content_of(f.response)["content"] == f"Hi {EMAIL}, the admin is <EMAIL_2>"
     assert call.context["sanitizer"] == {"email": 1}
     assert call.context["sanitizer_output"] == {"email": 1}
@@ -389,7 +396,7 @@ async def test_output_mode_masks_the_answer_and_counts() -> None:
     assert sent(f)["messages"][0]["content"] == f"I am {EMAIL}"
     assert "sanitizer" not in call.context
     f.response = answer(f"You are {EMAIL}")
-    policy.response(f)
+    finish_answer(policy, f)
     assert content_of(f.response)["content"] == "You are <EMAIL_1>"
 
 
@@ -397,7 +404,7 @@ async def test_stream_filter_is_installed_for_event_streams() -> None:
     policy, f, call = await send(gateway(), chat(f"I am {EMAIL}"))
     call.relay_token = "t"
     f.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
-    policy.responseheaders(f)
+    policy.responseheaders_late(f)
     assert len(call.stream_filters) == 1
     out = call.stream_filters[0]([sse.encode(delta("<EMAIL_1>")), sse.DONE], True)
     assert visible(b"".join(out)) == EMAIL
@@ -745,14 +752,14 @@ SLOW = '{sanitization_mode: OUTPUT, custom_patterns: [{name: slow, regex: "(?:x+
 async def test_an_answer_that_cannot_be_masked_is_refused() -> None:
     policy, f, call = await send(gateway(SLOW.replace("SOE", "true")), chat("hi"))
     f.response = answer("x" * 5000 + f" {EMAIL}")
-    policy.response(f)
+    finish_answer(policy, f)
     assert f.response.status_code == 500
     assert json.loads(f.response.content or b"")["error"]["code"] == "sanitizer_error"
     assert call.error is not None and call.error_source == "gateway"
     # stop_on_error: false lets it through, unmasked, and says so in the record
     policy, f, call = await send(gateway(SLOW.replace("SOE", "false")), chat("hi"))
     f.response = answer("x" * 5000 + f" {EMAIL}")
-    policy.response(f)
+    finish_answer(policy, f)
     assert f.response.status_code == 200 and EMAIL in content_of(f.response)["content"]
     assert "ran out of time" in call.context["sanitizer_error"]
 
@@ -761,7 +768,7 @@ async def test_a_stream_that_cannot_be_masked_ends_with_an_error() -> None:
     policy, f, call = await send(gateway(SLOW.replace("SOE", "true")), chat("hi"))
     call.relay_token = "t"
     f.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
-    policy.responseheaders(f)
+    policy.responseheaders_late(f)
     (flt,) = call.stream_filters
     out = b"".join(flt([sse.encode(delta("x" * 3000 + f" {EMAIL}"))], False))
     assert EMAIL.encode() not in out
@@ -770,3 +777,76 @@ async def test_a_stream_that_cannot_be_masked_ends_with_an_error() -> None:
     assert events[-1].data == "[DONE]"
     assert flt([sse.encode(delta("more")), sse.DONE], True) == []
     assert call.error is not None and call.error.code == "sanitizer_error"
+
+
+# ------------------------------------------------- the plugins around the sanitizer
+
+
+async def test_the_originals_come_back_only_in_the_late_hook() -> None:
+    """A plugin between `response` and `response_late` (the response transformer) sees
+    the placeholders, never the originals."""
+    policy, f, _ = await send(gateway(), chat(f"I am {EMAIL}"))
+    f.response = answer("Hello <EMAIL_1>")
+    policy.response(f)
+    assert content_of(f.response)["content"] == "Hello <EMAIL_1>"  # what the others see
+    policy.response_late(f)
+    assert content_of(f.response)["content"] == f"Hello {EMAIL}"
+
+
+async def test_output_masking_reaches_the_records_copy_of_the_answer() -> None:
+    policy, f, call = await send(gateway("{sanitization_mode: BOTH}"), chat(f"I am {EMAIL}"))
+    f.response = answer("Hi <EMAIL_1>, the admin is root@corp.example.org")
+    call.log_payloads = True
+    call.response_payload = json.loads(f.response.content or b"")  # as ai-proxy sets it
+    finish_answer(policy, f)
+    recorded = call.response_payload["choices"][0]["message"]["content"]
+    assert recorded == "Hi <EMAIL_1>, the admin is <EMAIL_2>"
+    assert content_of(f.response)["content"] == f"Hi {EMAIL}, the admin is <EMAIL_2>"
+
+
+async def test_a_plugin_before_the_sanitizer_masks_with_the_calls_masker() -> None:
+    gw = gateway()
+    f = make_flow(chat(f"I am {EMAIL}, card {CARD}"))
+    Router(gw).requestheaders(f)
+    call = gw.calls.get(f)
+    assert call is not None
+    found = sanitizer.prompt_masker(f, call)
+    assert found is not None
+    conf, masker = found
+    assert sanitizer.prompt_masker(f, call) == found  # one masker for the call
+    # what the plugin sends its LLM or records: every string but identifiers
+    doc = {"model": "m", "properties": {"who": EMAIL}, "note": [f"card {CARD}"]}
+    masked = await sanitizer.mask_document(masker, conf, doc)
+    assert masked == {
+        "model": "m",
+        "properties": {"who": "<EMAIL_1>"},
+        "note": ["card <CREDITCARD_1>"],
+    }
+    assert await sanitizer.mask_document(masker, conf, f"text {EMAIL}") == "text <EMAIL_1>"
+    assert sanitizer.restore_text(masker, "to <EMAIL_1>") == f"to {EMAIL}"
+    # the sanitizer goes on with it: the same placeholders; the record counts the prompt
+    policy = Policy(gw)
+    await policy.request(f)
+    assert sent(f)["messages"][0]["content"] == "I am <EMAIL_1>, card <CREDITCARD_1>"
+    assert call.context["sanitizer"] == {"creditcard": 1, "email": 1}
+    # nothing is kept once the call is over
+    for finish in call.on_finish:
+        finish(call, None)
+    assert f.id not in sanitizer._EARLY and policy._calls == {}
+
+
+async def test_no_masker_when_the_sanitizer_does_not_mask_prompts() -> None:
+    for conf in ("{sanitization_mode: OUTPUT}", None):
+        gw = gateway(conf or "{}")
+        if conf is None:  # no sanitizer for the call at all
+            gw = gateway_for(mock_chat_config())
+        f = make_flow(chat(EMAIL))
+        Router(gw).requestheaders(f)
+        call = gw.calls.get(f)
+        assert call is not None and sanitizer.prompt_masker(f, call) is None
+    # OUTPUT but blocking: the prompt must not leave before it is refused
+    gw = gateway("{sanitization_mode: OUTPUT, block_if_detected: true}")
+    f = make_flow(chat(EMAIL))
+    Router(gw).requestheaders(f)
+    call = gw.calls.get(f)
+    assert call is not None and sanitizer.prompt_masker(f, call) is not None
