@@ -10,22 +10,36 @@ chunk by the stream owner installed in `responseheaders`.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mitmproxy import http
+from mitmproxy.connection import ConnectionState
 
 import providers
 from addons import llm_request
-from addons.calls import Call, now, with_body_context
+from addons.calls import Call, auth_names, configured_model, now, with_body_context
 from addons.config.plugins import AIProxyConfig
 from addons.errors import from_provider_error
 from addons.observe import parse_passthrough, stream_observer
 from addons.state import Gateway
 from addons.streaming import StreamOwner
 from addons.upstream import HOP_BY_HOP, Timeouts, UpstreamResponse, upstream_failure
-from providers.base import CallSpec, Provider, ProviderError, RouteType, UpstreamRequest
+from providers import sse
+from providers.base import (
+    CallSpec,
+    Provider,
+    ProviderError,
+    Reply,
+    RouteType,
+    StreamTranslator,
+    UpstreamRequest,
+)
+from providers.openai import OpenAIStream
 
 log = logging.getLogger("llmitm")
 
@@ -45,6 +59,15 @@ _CLIENT_AUTH = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-k
 
 RELAY_MARK = "x-llmitm-relay"
 
+T = TypeVar("T")
+
+# How often the clients of calls waiting for their upstream are checked (seconds).
+CLIENT_CHECK_INTERVAL = 0.2
+
+
+class _ClientLeft(Exception):
+    """The client closed its connection while the gateway waited for the upstream."""
+
 
 def _ms(seconds: float | None) -> int:
     return max(0, round((seconds or 0.0) * 1000))
@@ -57,6 +80,10 @@ class AIProxy:
         self.gw = gateway
         # templated model blocks, by config identity (render per request only if needed)
         self._templated: dict[int, bool] = {}
+        # calls waiting for their upstream's answer: the hook task -> its flow, checked
+        # every CLIENT_CHECK_INTERVAL for a client that left (see _watched)
+        self._waiting: dict[asyncio.Task[Any], http.HTTPFlow] = {}
+        self._watch: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------------- hooks
 
@@ -72,7 +99,7 @@ class AIProxy:
             return
         length = flow.request.headers.get("content-length", "")
         if length.isdigit() and int(length) > conf.max_request_body_size:
-            self._reply_error(flow, call, _too_large(int(length), conf), "gateway")
+            self._reply_error(flow, call, conf, _too_large(int(length), conf), "gateway")
 
     async def request(self, flow: http.HTTPFlow) -> None:
         call, conf = self._route_conf(flow)
@@ -81,13 +108,16 @@ class AIProxy:
         try:
             await self._proxy(flow, call, conf)
         except ProviderError as e:
-            self._reply_error(flow, call, e, call.error_source or "gateway")
+            self._reply_error(flow, call, conf, e, call.error_source or "gateway")
+        except _ClientLeft:
+            # no answer: mitmproxy finds the client gone and fires `error` (the record)
+            log.debug("llmitm: the client left before the upstream answered")
         except Exception:
             log.exception(
                 "llmitm: ai-proxy failed on %s %s", flow.request.method, flow.request.path
             )
             err = ProviderError(500, "internal gateway error", "api_error", "gateway_error")
-            self._reply_error(flow, call, err, "gateway")
+            self._reply_error(flow, call, conf, err, "gateway")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self.gw.calls.get(flow)
@@ -115,6 +145,9 @@ class AIProxy:
             ) from None
         if len(raw) > conf.max_request_body_size:
             raise _too_large(len(raw), conf)
+        # a key the client sends under the route's auth names never reaches the record
+        # (the router adds them too; a consumer's own ai-proxy may name others)
+        call.secret_names.update(auth_names(conf))
         provider = providers.get(conf.model.provider)
         call.provider = provider
         route_type = conf.route_type
@@ -153,6 +186,7 @@ class AIProxy:
         call.spec = spec
         call.body = body
         call.context = with_body_context(call.context, body)
+        call.stream = body.get("stream") is True  # what was asked, until decided below
         call.log_payloads = conf.logging.log_payloads
         call.log_statistics = conf.logging.log_statistics
         if call.log_payloads:
@@ -280,7 +314,7 @@ class AIProxy:
         )
         call.upstream_started = now()
         try:
-            resp = await self.gw.upstream.send(up, timeouts)
+            resp = await self._watched(flow, call, self.gw.upstream.send(up, timeouts))
         except ProviderError:
             call.upstream_ended = now()
             call.error_source = "upstream"
@@ -308,8 +342,26 @@ class AIProxy:
             return
 
         if up.stream:
-            self._relay(flow, call, conf, resp, upstream_headers, timeouts)
-            return
+            observer = stream_observer(provider, spec)  # shared with observe mode
+            if _is_stream(provider, resp.header_dict()):
+                self._relay(flow, call, conf, resp, upstream_headers, timeouts, observer)
+                return
+            # A JSON body: a stream in Google's JSON-array form, or an upstream that
+            # ignored `stream` and sent the whole answer (read it, then answer as the
+            # client asked).
+            head, rest = await self._read_json_start(flow, call, resp, timeouts)
+            if head.lstrip()[:1] == b"[":  # the array, streamed on as it comes
+                array = UpstreamResponse(
+                    resp.status, resp.headers, chunks=_chained(head, rest), aclose=resp.aclose
+                )
+                self._relay(flow, call, conf, array, upstream_headers, timeouts, observer)
+                return
+            body = await self._read_whole(flow, call, resp, rest, timeouts, head)
+            resp = UpstreamResponse(resp.status, resp.headers, body)
+            if not passthrough:
+                self._stream_whole_answer(flow, call, conf, resp, upstream_headers, timeouts)
+                return
+            # preserve and native routes: the client gets the upstream's answer as it is
 
         call.upstream_ended = now()
         try:
@@ -329,7 +381,61 @@ class AIProxy:
             resp.status, reply.body, self._headers(call, conf, upstream_headers)
         )
 
-    def _relay(
+    async def _read_json_start(
+        self, flow: http.HTTPFlow, call: Call, resp: UpstreamResponse, timeouts: Timeouts
+    ) -> tuple[bytes, AsyncIterator[bytes]]:
+        """The first bytes of a JSON body opened as a stream (enough to see whether it
+        is an array or an object), and the iterator over the rest."""
+        chunks = resp.chunks.__aiter__()
+
+        async def start() -> bytes:
+            head = b""
+            while not head.strip():
+                try:
+                    head += await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+            return head
+
+        try:
+            return await self._watched(flow, call, start()), chunks
+        except _ClientLeft:
+            await resp.aclose()
+            raise
+        except Exception as e:  # noqa: BLE001 - any transport failure while reading
+            await resp.aclose()
+            raise self._read_failure(call, e, timeouts) from None
+
+    async def _read_whole(
+        self,
+        flow: http.HTTPFlow,
+        call: Call,
+        resp: UpstreamResponse,
+        rest: AsyncIterator[bytes],
+        timeouts: Timeouts,
+        head: bytes = b"",
+    ) -> bytes:
+        """`head` and the rest of a body that was opened as a stream, to its end."""
+
+        async def read() -> bytes:
+            return head + b"".join([chunk async for chunk in rest])
+
+        try:
+            return await self._watched(flow, call, read())
+        except _ClientLeft:
+            raise
+        except Exception as e:  # noqa: BLE001 - any transport failure while reading
+            raise self._read_failure(call, e, timeouts) from None
+        finally:
+            await resp.aclose()
+
+    @staticmethod
+    def _read_failure(call: Call, exc: BaseException, timeouts: Timeouts) -> ProviderError:
+        call.upstream_ended = now()
+        call.error_source = "upstream"
+        return upstream_failure(exc, call.upstream_url or "", timeouts)
+
+    def _stream_whole_answer(
         self,
         flow: http.HTTPFlow,
         call: Call,
@@ -338,14 +444,102 @@ class AIProxy:
         upstream_headers: dict[str, str],
         timeouts: Timeouts,
     ) -> None:
+        """A whole answer to a streamed request, sent to the client as the stream it
+        asked for: the content in one chunk, the finish chunk, the usage chunk if asked,
+        [DONE]. It goes through the relay and the stream owner like any stream, so the
+        record, the stream filters of the policies and the headers are the same."""
         assert call.provider is not None and call.spec is not None
         spec = call.spec
-        provider = call.provider
-        call.translator = stream_observer(provider, spec)  # shared with observe mode
+        call.upstream_ended = now()
+        try:
+            reply = call.provider.parse_response(
+                dataclasses.replace(spec, stream=False), resp.status, resp.header_dict(), resp.body
+            )
+        except ProviderError as e:
+            call.error_source = "upstream"
+            raise ProviderError(
+                502,
+                f"the upstream answered the streamed request with a whole answer the "
+                f"gateway cannot read: {e.message}",
+                "api_error",
+                "bad_upstream_response",
+            ) from None
+        call.usage = reply.usage
+        call.response_model = reply.model
+        events = whole_answer_as_sse(spec.route_type, reply)
+        whole = UpstreamResponse(resp.status, resp.headers, chunks=_iterate(events))
+        upstream_headers.pop("content-type", None)
+        self._relay(flow, call, conf, whole, upstream_headers, timeouts, OpenAIStream(spec))
+
+    async def _watched(self, flow: http.HTTPFlow, call: Call, aw: Awaitable[T]) -> T:
+        """`await aw`, given up (the upstream request closed) as soon as the client closes
+        its connection: mitmproxy only notices a client that left when the hook returns,
+        and without this the gateway would wait out the read_timeout of an upstream
+        still generating an answer nobody will read."""
+        task = asyncio.current_task()
+        conn = flow.client_conn
+        if task is None or flow.is_replay or not conn.state & ConnectionState.CAN_READ:
+            return await aw  # no live client connection to watch
+        self._waiting[task] = flow
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().call_later(
+                CLIENT_CHECK_INTERVAL, self._check_clients
+            )
+        try:
+            return await aw
+        except asyncio.CancelledError:
+            # ours (the client left) unless something else cancels the hook too
+            if not call.client_aborted or task.uncancel() > 0:
+                raise
+            raise _ClientLeft from None
+        finally:
+            self._waiting.pop(task, None)
+
+    def _check_clients(self) -> None:
+        """Cancel the waits of calls whose client closed its connection (EOF read:
+        mitmproxy drops such a client's answer anyway)."""
+        self._watch = None
+        for task, flow in list(self._waiting.items()):
+            if flow.client_conn.state & ConnectionState.CAN_READ:
+                continue
+            del self._waiting[task]
+            call = self.gw.calls.get(flow)
+            if call is None:
+                continue
+            call.client_aborted = True
+            call.fail(
+                ProviderError(
+                    499,
+                    "the client closed its connection before the upstream answered",
+                    "client_error",
+                    "client_disconnected",
+                ),
+                "client",
+            )
+            task.cancel()
+        if self._waiting:
+            self._watch = asyncio.get_running_loop().call_later(
+                CLIENT_CHECK_INTERVAL, self._check_clients
+            )
+
+    def _relay(
+        self,
+        flow: http.HTTPFlow,
+        call: Call,
+        conf: AIProxyConfig,
+        resp: UpstreamResponse,
+        upstream_headers: dict[str, str],
+        timeouts: Timeouts,
+        translator: StreamTranslator,
+    ) -> None:
+        assert call.provider is not None and call.spec is not None
+        spec = call.spec
+        call.translator = translator
         url = call.upstream_url or ""
 
         def on_end(exc: BaseException | None) -> None:
-            call.upstream_ended = now()
+            if call.upstream_ended is None:
+                call.upstream_ended = now()
             if exc is None:
                 return
             if isinstance(exc, ConnectionError):
@@ -381,17 +575,26 @@ class AIProxy:
         total = now() - call.started_at
         headers["x-llmitm-upstream-latency"] = str(_ms(upstream))
         headers["x-llmitm-proxy-latency"] = str(_ms(total - upstream))
-        if conf.model_name_header and call.provider is not None:
-            model = call.response_model or call.request_model
+        if conf.model_name_header:
+            # the model the call was sent with (or is configured for: an error before
+            # the request was read), the same on whole and streamed answers; the
+            # model that answered is in the body
+            model = call.request_model or configured_model(conf) or call.response_model
             if model:
-                headers["x-llm-model"] = f"{call.provider.name}/{model}"
+                provider = call.provider.name if call.provider else conf.model.provider
+                headers["x-llm-model"] = f"{provider}/{model}"
         return headers
 
     def _reply_error(
-        self, flow: http.HTTPFlow, call: Call, err: ProviderError, source: str
+        self,
+        flow: http.HTTPFlow,
+        call: Call,
+        conf: AIProxyConfig,
+        err: ProviderError,
+        source: str,
     ) -> None:
         call.fail(err, source)
-        flow.response = from_provider_error(err)
+        flow.response = from_provider_error(err, self._headers(call, conf, {}))
 
 
 def _without_params(url: str, names: set[str]) -> str:
@@ -400,6 +603,73 @@ def _without_params(url: str, names: set[str]) -> str:
         return url
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in names]
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _is_stream(provider: Provider, headers: dict[str, str]) -> bool:
+    """Whether a 2xx answer to a streamed request is a stream: one of the provider's
+    stream types, or anything but a plain JSON body (which an upstream that ignored
+    `stream` sends: it holds the whole answer)."""
+    media = headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media != "application/json" or media in provider.stream_content_types
+
+
+async def _chained(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
+
+
+async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def whole_answer_as_sse(route_type: RouteType, reply: Reply) -> list[bytes]:
+    """A whole OpenAI answer (chat or completions) as OpenAI's stream of it: one chunk
+    with each choice's content, one with the finish reasons, the usage chunk, [DONE]."""
+    data = reply.data
+    completions = route_type is RouteType.COMPLETIONS
+    head = {k: data[k] for k in ("id", "created", "model", "system_fingerprint") if k in data}
+    head["object"] = "text_completion" if completions else "chat.completion.chunk"
+    content: list[dict[str, Any]] = []
+    finish: list[dict[str, Any]] = []
+    for position, choice in enumerate(data.get("choices") or ()):
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", position)
+        reason = choice.get("finish_reason") or "stop"
+        if completions:
+            content.append(
+                {
+                    "index": index,
+                    "text": choice.get("text") or "",
+                    "logprobs": choice.get("logprobs"),
+                    "finish_reason": None,
+                }
+            )
+            finish.append({"index": index, "text": "", "logprobs": None, "finish_reason": reason})
+            continue
+        message = choice.get("message")
+        delta: dict[str, Any] = {"role": "assistant"}
+        for key, value in message.items() if isinstance(message, dict) else ():
+            if key == "tool_calls" and isinstance(value, list):
+                value = [
+                    {"index": i, **call} for i, call in enumerate(value) if isinstance(call, dict)
+                ]
+            if value is not None:
+                delta[key] = value
+        entry: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": None}
+        if choice.get("logprobs") is not None:
+            entry["logprobs"] = choice["logprobs"]
+        content.append(entry)
+        finish.append({"index": index, "delta": {}, "finish_reason": reason})
+    events = [sse.encode({**head, "choices": content}), sse.encode({**head, "choices": finish})]
+    usage = reply.usage.to_openai() if reply.usage is not None else data.get("usage")
+    if usage:  # the stream owner drops it again if the client did not ask for it
+        events.append(sse.encode({**head, "choices": [], "usage": usage}))
+    events.append(sse.DONE)
+    return events
 
 
 def _passthrough(spec: CallSpec) -> bool:

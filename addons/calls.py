@@ -84,6 +84,8 @@ class Call:
     stream_error: ProviderError | None = None
     client_aborted: bool = False
     bytes_out: int = 0  # body bytes streamed to the client
+    # a plain route's request went to its service (mitmproxy did the upstream I/O)
+    proxied: bool = False
     relay_token: str | None = None
     # the client's request (url, headers, body) while the flow points at the relay
     client_request: tuple[str, Any, bytes | None] | None = None
@@ -150,6 +152,27 @@ def with_body_context(ctx: dict[str, Any], body: Any) -> dict[str, Any]:
     out.update(ctx)
     out["metadata"] = meta
     return out
+
+
+def auth_names(conf: Any) -> tuple[str, ...]:
+    """The header and parameter names an ai-proxy `auth` block sends a key in: the
+    client may send its own key under them (`allow_override`, or by mistake), so the
+    record must not show their values."""
+    auth = getattr(conf, "auth", None)
+    if auth is None:
+        return ()
+    names = []
+    if auth.header_name:
+        names.append(auth.header_name.lower())
+    if auth.param_name:
+        names.append(auth.param_name)
+    return tuple(names)
+
+
+def configured_model(conf: Any) -> str | None:
+    """An ai-proxy route's model name, unless it is a template filled per request."""
+    name = conf.model.name
+    return name if name and "$(" not in name else None
 
 
 def now() -> float:

@@ -28,15 +28,56 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return ProviderError(400, message, "invalid_request_error", code, param)
 
 
+#: deepest nesting of arrays and objects a request body may have. Real requests stay far
+#: below it (a JSON schema of a tool is a few dozen levels at most); deeper ones would
+#: hit Python's recursion limit in the encoders after us, and orjson's (254 levels) when
+#: the record, which holds the body a few levels down, is written.
+MAX_DEPTH = 128
+
+
+def _too_deep() -> ProviderError:
+    return bad_request(
+        f"request body is nested too deeply (more than {MAX_DEPTH} levels of arrays and objects)",
+        code="invalid_json",
+    )
+
+
 def parse_json(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, whatever the Content-Type says."""
     try:
         data = json.loads(raw) if raw else None
+    except RecursionError:  # thousands of `[`: deeper than the parser's stack
+        raise _too_deep() from None
     except ValueError as e:
         raise bad_request(f"request body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("request body must be a JSON object", code="invalid_json")
+    # a body can only be this deep if it has this many brackets: two C-speed counts
+    # spare the walk to almost every request
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and depth_exceeds(data, MAX_DEPTH):
+        raise _too_deep()
     return data
+
+
+def depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether parsed JSON `value` nests arrays and objects more than `limit` levels
+    deep. Level by level, without recursion: the value may be deeper than Python's
+    stack (about 50 us for a 200-message conversation of 65 KB)."""
+    level = [value]
+    depth = 1
+    while level:
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        add = below.append
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    add(child)
+        level = below
+        depth += 1
+    return False
 
 
 def _is_int(v: Any) -> bool:
@@ -181,7 +222,7 @@ def set_body_param(body: bytes, name: str, value: str, keep_existing: bool = Fal
     as it is when it is not a JSON object, or has the field and `keep_existing`."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body
     if isinstance(data, dict) and (name not in data or not keep_existing):
         data[name] = value

@@ -3,19 +3,30 @@
 Runs in `response` and in `error` (a client that leaves mid-stream fires only
 `error`), so every call yields exactly one record. Building it is cheap and sending it
 is a queue append: nothing here waits on I/O.
+
+What never enters a record: credential headers and query parameters (the usual names,
+the names of the route's ai-proxy `auth` and of key-auth's keys), and any configured
+secret (`{vault://}` values, consumer keys) wherever it shows up, as a substring of a
+header, a URL, the payloads, the context or an error message. Secrets shorter than
+`MIN_SECRET_LENGTH` characters are only redacted where they are a whole value (a
+header, a query parameter): searched for inside texts, a short value would blank out
+ordinary words.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import weakref
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import orjson
 from mitmproxy import http
 
-from addons.calls import Call, now
+from addons.calls import Call, configured_model, now
 from addons.state import Gateway
 from addons.webview import annotate
 from exporters.ids import uuid7
@@ -75,6 +86,68 @@ def redact_url(url: str, secrets: frozenset[str] = frozenset(), names: Iterable[
         for k, v in parse_qsl(query, keep_blank_values=True)
     ]
     return f"{base}?{urlencode(pairs, safe='[]')}"
+
+
+#: shorter configured secrets are not searched for inside texts (see the docstring)
+MIN_SECRET_LENGTH = 8
+
+
+class SecretScrubber:
+    """Replaces every configured secret inside the strings of a JSON-like value.
+
+    Built once per config. `probe` finds whether a value holds a secret at all, on its
+    JSON encoding (one C-speed search, the common answer being no); only then is the
+    value walked and rebuilt with the secrets replaced."""
+
+    __slots__ = ("pattern", "probe")
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        found = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        self.pattern = re.compile("|".join(map(re.escape, found))) if found else None
+        # a secret as it appears in JSON text: itself, or with JSON's escapes
+        forms = {f.encode() for s in found for f in (s, orjson.dumps(s).decode()[1:-1])}
+        self.probe = (
+            re.compile(b"|".join(map(re.escape, sorted(forms, key=len, reverse=True))))
+            if forms
+            else None
+        )
+
+    def __call__(self, value: Any) -> Any:
+        """`value`, or a copy of it without the secrets."""
+        if self.pattern is None or value is None:
+            return value
+        if isinstance(value, str):
+            return self.pattern.sub(REDACTED, value)
+        try:
+            encoded = orjson.dumps(value, default=str)
+        except (TypeError, orjson.JSONEncodeError):
+            return self._walk(value)
+        assert self.probe is not None
+        return self._walk(value) if self.probe.search(encoded) else value
+
+    def _walk(self, value: Any) -> Any:
+        if isinstance(value, str):
+            assert self.pattern is not None
+            return self.pattern.sub(REDACTED, value)
+        if isinstance(value, dict):
+            return {self._walk(k): self._walk(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._walk(v) for v in value]
+        return value
+
+
+_scrubbers: weakref.WeakKeyDictionary[Any, SecretScrubber] = weakref.WeakKeyDictionary()
+
+
+def scrubber(config: Any) -> SecretScrubber:
+    """The secret scrubber of a config (built at its first record)."""
+    try:
+        found = _scrubbers.get(config)
+    except TypeError:  # not weak-referenceable (a stand-in config in a test)
+        return SecretScrubber(config.secrets)
+    if found is None:
+        found = _scrubbers[config] = SecretScrubber(config.secrets)
+    return found
 
 
 def _estimate(call: Call, response: dict[str, Any] | None) -> Usage | None:
@@ -192,11 +265,32 @@ def _ms(a: float | None, b: float | None) -> float | None:
     return round((b - a) * 1000, 3)
 
 
+def _consumer_entity(consumer: Any) -> dict[str, Any] | None:
+    """The consumer as Kong's serializer shows it: its id, username and custom_id, the
+    ones it has (Kong leaves unset fields out)."""
+    if consumer is None:
+        return None
+    fields = (
+        ("id", consumer.id),
+        ("username", consumer.username),
+        ("custom_id", consumer.custom_id),
+    )
+    return {k: v for k, v in fields if v}
+
+
+def _billed(call: Call) -> bool:
+    """Whether the upstream accepted the call (a 2xx): it generated, and bills, tokens
+    even if the answer then broke off."""
+    return call.upstream_status is not None and 200 <= call.upstream_status < 300
+
+
 def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
     end = call.ended_at or now()
     req = flow.request
     resp = flow.response
     secrets = call.config.secrets
+    names = call.secret_names
+    scrub = scrubber(call.config)
 
     if call.client_aborted:
         status = "client_aborted"
@@ -211,7 +305,7 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
             "status": call.error.status,
             "type": call.error.type,
             "code": call.error.code,
-            "message": call.error.message,
+            "message": scrub(call.error.message),
             "source": call.error_source,
         }
     elif flow.error is not None:
@@ -224,9 +318,11 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
             "source": source,
         }
 
+    # proxy: the time the upstream took; None when no upstream was contacted (a route
+    # without a match, a refused or malformed request). Kong writes -1 there.
     upstream_ms = _ms(call.upstream_started, call.upstream_ended)
     total_ms = _ms(call.started_at, end)
-    if upstream_ms is None and call.provider is None and resp is not None and resp.timestamp_start:
+    if upstream_ms is None and call.proxied and resp is not None and resp.timestamp_start:
         # a plain proxied route: mitmproxy did the upstream I/O
         upstream_ms = _ms(req.timestamp_end, resp.timestamp_end)
     latencies = {
@@ -235,10 +331,13 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
         "gateway": round(total_ms - upstream_ms, 3)
         if total_ms is not None and upstream_ms is not None
         else total_ms,
+        # the LLM's part of it (ai.proxy.meta.llm_latency)
+        "llm": upstream_ms if call.provider is not None else None,
         "time_to_first_token": _ms(call.started_at, call.first_token),
     }
 
     ai = None
+    conf = call.plugin("ai-proxy") if call.route is not None else None
     if call.provider is not None and call.spec is not None:
         translator = call.translator
         response_data = translator.assembled() if translator is not None else None
@@ -248,15 +347,19 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
         if finish is None and response_data:
             choices = response_data.get("choices") or [{}]
             finish = choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
-        if usage is None and status != "error":
+        if usage is None and (status != "error" or _billed(call)):
+            # a stream that broke off was billed for what it generated: count it
             usage = _estimate(call, response_data)
+        upstream_url = (
+            scrub(redact_url(call.upstream_url, secrets, names)) if call.upstream_url else None
+        )
         ai = AIInfo(
             provider=call.provider.name,
             route_type=str(call.spec.route_type),
             request_model=call.request_model,
             response_model=response_model,
             stream=call.stream,
-            upstream_url=redact_url(call.upstream_url, secrets) if call.upstream_url else None,
+            upstream_url=upstream_url,
             usage=usage,
             cost=usage.cost(call.spec.options) if usage else None,
             finish_reason=finish,
@@ -267,10 +370,21 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
             response_id=_response_id(response_data) or _response_id(call.response_payload),
         )
         if call.log_payloads:
-            ai.request_payload = _without(call.request_payload, call.secret_names)
-            ai.response_payload = (
+            ai.request_payload = scrub(_without(call.request_payload, names))
+            ai.response_payload = scrub(
                 call.response_payload if call.response_payload is not None else response_data
             )
+    elif conf is not None:
+        # refused before the provider was called (bad JSON, too large, streaming denied):
+        # the route still says which provider and model the call was for
+        ai = AIInfo(
+            provider=conf.model.provider,
+            route_type=str(conf.route_type),
+            request_model=call.request_model or configured_model(conf),
+            response_model=None,
+            stream=call.stream,
+            log_statistics=conf.logging.log_statistics,
+        )
 
     return CallRecord(
         id=uuid7(call.started_at),
@@ -282,9 +396,9 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
         service=call.route.service.name if call.route and call.route.service else None,
         request={
             "method": req.method,
-            "uri": redact_url(req.path, secrets, call.secret_names),
+            "uri": scrub(redact_url(req.path, secrets, names)),
             "size": len(req.raw_content or b""),
-            "headers": redact_headers(req.headers, secrets, call.secret_names),
+            "headers": redact_headers(req.headers, secrets, names),
         },
         response={
             "status": resp.status_code if resp is not None else None,
@@ -294,16 +408,68 @@ def build_record(call: Call, flow: http.HTTPFlow) -> CallRecord:
         },
         latencies=latencies,
         upstream={
-            "url": redact_url(call.upstream_url, secrets),
+            "url": scrub(redact_url(call.upstream_url, secrets, names)),
             "status": call.upstream_status,
         }
         if call.upstream_url
         else None,
         ai=ai,
-        context=call.context,
+        context=scrub(call.context),
         error=error,
         consumer=call.consumer.name if call.consumer is not None else None,
+        consumer_entity=_consumer_entity(call.consumer),
     )
+
+
+#: containers nested deeper than this inside a record field are not recorded (orjson,
+#: which most sinks write with, stops at 254 levels)
+MAX_RECORD_DEPTH = 100
+TOO_DEEP = "[not recorded: nested too deeply]"
+_AI_VALUES = ("request_model", "response_model", "upstream_url", "finish_reason", "response_id")
+
+
+def writable(record: CallRecord) -> CallRecord:
+    """`record`, made writable by every sink when it is not: a lone surrogate (a client's
+    `"\\ud800"`, a path that is not UTF-8), an integer beyond 64 bits or a value nested
+    too deeply would make orjson refuse it, and a sink would lose the whole batch it is
+    in. One encoding checks it; the rare record that fails is cleaned field by field."""
+    try:
+        orjson.dumps(record.to_dict(), default=str)
+        return record
+    except TypeError:  # orjson.JSONEncodeError
+        pass
+    for name in ("request", "response", "upstream", "latencies", "context", "error"):
+        setattr(record, name, _clean(getattr(record, name)))
+    for name in ("client_ip", "route", "service", "consumer", "consumer_entity"):
+        setattr(record, name, _clean(getattr(record, name)))
+    ai = record.ai
+    if ai is not None:
+        for name in _AI_VALUES:
+            setattr(ai, name, _clean(getattr(ai, name)))
+        ai.request_params = _clean(ai.request_params)
+        ai.request_payload = _clean(ai.request_payload)
+        ai.response_payload = _clean(ai.response_payload)
+    return record
+
+
+def _clean(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "replace").decode()
+        return value
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, (dict, list, tuple)):
+        if depth >= MAX_RECORD_DEPTH:
+            return TOO_DEEP
+        if isinstance(value, dict):
+            return {_clean(str(k)): _clean(v, depth + 1) for k, v in value.items()}
+        return [_clean(v, depth + 1) for v in value]
+    return str(value)
 
 
 class Recorder:
@@ -345,6 +511,7 @@ class Recorder:
                 finish(call, record)
             except Exception:
                 log.exception("llmitm: a policy failed on the finished call")
+        record = writable(record)
         self.gw.exporters.export(record, call.route, call.config)
         route = call.route
         self.gw.metrics.observe(record, route.plugin("prometheus") if route is not None else None)

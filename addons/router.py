@@ -9,8 +9,16 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from addons.calls import Call, context_from_headers, now
-from addons.errors import error_response
+from addons.calls import Call, auth_names, context_from_headers, now
+from addons.errors import from_provider_error
+from providers.base import ProviderError
+
+
+def no_route() -> ProviderError:
+    """Kong's answer when no route matches."""
+    return ProviderError(
+        404, "no Route matched with those values", "not_found_error", "route_not_found"
+    )
 
 
 class Router:
@@ -43,9 +51,13 @@ class Router:
             plugins=match.route.plugins if match else config.global_plugins,
         )
         if match is None:
-            flow.response = error_response(
-                404, "no Route matched with those values", code="route_not_found"
-            )
+            err = no_route()
+            call.fail(err, "gateway")
+            flow.response = from_provider_error(err)
+        else:
+            ai_proxy = call.plugin("ai-proxy")
+            if ai_proxy is not None:  # a key the client sends there is a secret too
+                call.secret_names.update(auth_names(ai_proxy))
         self.gw.calls.put(flow, call)
         flow.metadata["llmitm.route"] = match.route.name if match else None
 
@@ -79,6 +91,7 @@ class ServiceProxy:
         if "ai-proxy" in route.plugins or route.service is None or not route.service.url:
             return
         assert call.match is not None
+        call.proxied = True
         base = route.service.url.rstrip("/")
         query = flow.request.path.partition("?")[2]
         host_header = flow.request.host_header

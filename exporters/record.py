@@ -87,7 +87,11 @@ class CallRecord:
     request: dict[str, Any]  # method, uri, size, headers (redacted)
     response: dict[str, Any]  # status, size
     latencies: dict[str, float | None]  # milliseconds
+    # the consumer's name (username, else custom_id): what sinks label calls with
     consumer: str | None = None
+    # the consumer as Kong's serializer writes it: its id, username and custom_id (the
+    # ones it has); when unset, `consumer` stands for the username
+    consumer_entity: dict[str, Any] | None = None
     upstream: dict[str, Any] | None = None
     ai: AIInfo | None = None
     context: dict[str, Any] = field(default_factory=dict)
@@ -103,7 +107,8 @@ class CallRecord:
             "client_ip": self.client_ip,
             "route": {"name": self.route} if self.route else None,
             "service": {"name": self.service} if self.service else None,
-            "consumer": {"username": self.consumer} if self.consumer else None,
+            "consumer": self.consumer_entity
+            or ({"username": self.consumer} if self.consumer else None),
             "request": self.request,
             "response": self.response,
             "upstream": self.upstream,

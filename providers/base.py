@@ -304,6 +304,16 @@ class Provider:
     # gateway imports them in a thread when a config uses the provider, so that the
     # first call does not import them on mitmproxy's event loop.
     warm_imports: tuple[str, ...] = ()
+    # Media types of this provider's streamed answers. A 2xx answer to a streamed
+    # request is relayed as a stream unless it is plain `application/json` not listed
+    # here: that is an upstream that ignored `stream` and sent the whole answer, which
+    # the gateway then reads and streams to the client itself. A provider whose stream
+    # may be JSON (Gemini's JSON array, without alt=sse) lists application/json.
+    stream_content_types: tuple[str, ...] = (
+        "text/event-stream",
+        "application/x-ndjson",
+        "application/vnd.amazon.eventstream",
+    )
     # Whether the provider's own input-token count already includes cached tokens
     # (OpenAI, Gemini) or reports them apart (Anthropic, Bedrock). Adapters normalize
     # to Usage's contract either way; this states what the native figure means.

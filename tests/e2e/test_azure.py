@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import time
 import uuid
@@ -22,8 +23,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway
-from tests.fakes.azure import AzureScript, azure_api
+from tests.conftest import REPO, Gateway
+from tests.fakes.azure import DEPLOYMENTS, AzureScript, azure_api
 from tests.fakes.openai_like import vector
 from tests.fakes.upstream import FakeUpstream
 
@@ -222,7 +223,8 @@ def test_chat_answer_usage_filters_and_record(
         "detected": False,
     }
     assert body["choices"][0]["content_filter_results"]["violence"]["severity"] == "safe"
-    assert raw.headers["x-llm-model"] == f"azure/{DEPLOYED}"
+    # the model the call was sent with (the one that answered is in the body)
+    assert raw.headers["x-llm-model"] == f"azure/{MODEL}"
 
     sent = fake.last()
     assert sent.path == "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
@@ -642,3 +644,72 @@ def test_an_old_api_version_rejects_tools_with_azures_400(gw: Gateway, fake: Fak
         client_for(gw, "legacy").chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER])
     assert e.value.body["message"] == "Unrecognized request argument supplied: tools"
     assert e.value.body["type"] == "invalid_request_error"
+
+
+# ------------------------------------------------------- the shipped configs/azure.yaml
+
+SHIPPED = REPO / "configs" / "azure.yaml"
+
+
+def shipped_config(upstream_url: str) -> str:
+    """configs/azure.yaml as shipped, with two substitutions only: each route's resource
+    (`azure_instance: my-resource`, i.e. https://my-resource.openai.azure.com) is the fake,
+    given as the route's `upstream_url` next to it, and the call log goes to the test's
+    file."""
+    text, n = re.subn(
+        r"^( *)azure_instance: my-resource$",
+        rf'\g<0>\n\1upstream_url: "{upstream_url}"',
+        SHIPPED.read_text(),
+        flags=re.MULTILINE,
+    )
+    assert n == 3 and "logs/llmitm-calls.jsonl" in text
+    return text.replace("logs/llmitm-calls.jsonl", "{records}")
+
+
+@pytest.fixture(scope="module")
+def shipped(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    g = Gateway(
+        tmp_path_factory.mktemp("gw-azure-shipped"),
+        shipped_config(upstream.url),
+        env={"AZURE_OPENAI_KEY": SECRET},
+    )
+    g.wait_ready()
+    yield g
+    g.stop()
+
+
+def test_the_shipped_config_serves_both_sdks(shipped: Gateway, fake: FakeUpstream) -> None:
+    """configs/azure.yaml works as its comments say: openai.OpenAI on /v1, and
+    openai.AzureOpenAI(azure_endpoint=<gateway>) on the paths that SDK calls."""
+    serve(fake, AzureScript(text="Hi.", deployments={**DEPLOYMENTS, "gpt-4o": DEPLOYED}))
+    plain = openai.OpenAI(base_url=f"{shipped.url}/v1", api_key="client-key", max_retries=0)
+    answer = plain.chat.completions.create(model=MODEL, messages=ASK)
+    assert answer.choices[0].message.content == "Hi."
+    sent = fake.last()
+    assert sent.path == "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+    assert sent.headers["api-key"] == SECRET
+
+    azure = openai.AzureOpenAI(
+        azure_endpoint=shipped.url,
+        api_version="2025-01-01-preview",
+        api_key="client-key",
+        max_retries=0,
+    )
+    answer = azure.chat.completions.create(model="gpt-4o-prod", messages=ASK)
+    assert answer.choices[0].message.content == "Hi."
+    sent = fake.last()
+    # the deployment from the SDK's path, the SDK's api-version, the route's key
+    assert sent.path == (
+        "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2025-01-01-preview"
+    )
+    assert sent.headers["api-key"] == SECRET
+    streamed = azure.chat.completions.create(model="gpt-4o-prod", messages=ASK, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "Hi."
+
+    vectors = azure.embeddings.create(model="embed-small", input=["alpha"])
+    assert [d.embedding for d in vectors.data] == [vector(0)]
+    assert fake.last().path.startswith("/openai/deployments/embed-small/embeddings?")
+
+    routes = [r["route"]["name"] for r in shipped.wait_records(4)]
+    assert routes == ["azure-chat", "azure-sdk-chat", "azure-sdk-chat", "azure-sdk-embeddings"]
+    assert SECRET not in shipped.records_path.read_text()

@@ -452,6 +452,8 @@ def test_route_without_ai_proxy_is_proxied_to_its_service(gw: Gateway, fake: Fak
     assert fake.last().path == "/base/things?x=1" and fake.last().json() == {"a": 1}
     rec = my_record(gw)
     assert rec["route"] == {"name": "plain"} and rec["ai"] is None and rec["status"] == "ok"
+    # mitmproxy did the upstream I/O: timed as the proxy's part, and no LLM involved
+    assert rec["latencies"]["proxy"] is not None and rec["latencies"]["llm"] is None
 
 
 # --------------------------------------------------------------------- errors

@@ -88,7 +88,16 @@ RECORD_SCHEMA: dict[str, Any] = _obj(
         "client_ip": {"type": "string"},
         "route": _NAME,
         "service": _NAME,
-        "consumer": {"anyOf": [{"type": "null"}, _obj({"username": {"type": "string"}})]},
+        # Kong's consumer entity: the fields it has of id, username and custom_id
+        "consumer": {
+            "anyOf": [
+                {"type": "null"},
+                {
+                    **_obj({k: {"type": "string"} for k in ("id", "username", "custom_id")}, []),
+                    "minProperties": 1,
+                },
+            ]
+        },
         "request": _obj(
             {
                 "method": {"type": "string"},
@@ -107,7 +116,8 @@ RECORD_SCHEMA: dict[str, Any] = _obj(
         "latencies": {
             "type": "object",
             "properties": {
-                k: _NUM_OR_NULL for k in ("request", "proxy", "gateway", "time_to_first_token")
+                k: _NUM_OR_NULL
+                for k in ("request", "proxy", "gateway", "llm", "time_to_first_token")
             },
             "required": ["request", "proxy", "gateway"],
             "additionalProperties": False,

@@ -42,7 +42,8 @@ class Reply:
     chunks: list[bytes | float] | None = None
     # Close the connection abruptly after this many chunks (mid-body).
     cut_after: int | None = None
-    # Never answer (for timeouts).
+    # Never answer (for timeouts): wait until the client closes the connection, which
+    # counts as a disconnect.
     hang: bool = False
 
     @classmethod
@@ -64,7 +65,9 @@ Handler = Callable[[Received], Reply]
 class FakeUpstream:
     def __init__(self) -> None:
         self.received: list[Received] = []
-        self.disconnects = 0  # connections the client closed while we were sending
+        # connections the client closed while we were sending, or while a `hang` reply
+        # kept it waiting
+        self.disconnects = 0
         self.handler: Handler = lambda r: Reply.json({"error": "no handler"}, 500)
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -137,7 +140,10 @@ class FakeUpstream:
                 self.received.append(req)
                 reply = self.handler(req)
                 if reply.hang:
-                    await asyncio.sleep(3600)
+                    while await reader.read(65536):
+                        pass
+                    self.disconnects += 1
+                    return
                 if not await self._write(reply, writer):
                     return
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from addons.llm_request import (
+    MAX_DEPTH,
     apply_options,
+    depth_exceeds,
     has_templates,
     parse_json,
     render_model,
@@ -46,6 +49,48 @@ def test_parse_json_rejects_what_is_not_an_object(raw: bytes) -> None:
 
 def test_parse_json_accepts_an_object() -> None:
     assert parse_json(b'{"model": "m"}') == {"model": "m"}
+
+
+def _nested(levels: int) -> bytes:
+    """A body whose `metadata` nests arrays so that the whole body is `levels` deep."""
+    inner = levels - 1
+    return b'{"metadata":' + b"[" * inner + b"]" * inner + b"}"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 100_000,  # deeper than the parser's stack: a RecursionError, not a 500
+        b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        _nested(MAX_DEPTH + 1),  # parses, but would trouble the encoders after us
+    ],
+    ids=["unclosed", "parser-deep", "limit+1"],
+)
+def test_parse_json_refuses_bodies_nested_too_deeply(raw: bytes) -> None:
+    err = bad(parse_json, raw)
+    assert err.code == "invalid_json" and "nested too deeply" in err.message
+
+
+def test_parse_json_accepts_nesting_up_to_the_limit_and_many_shallow_objects() -> None:
+    assert parse_json(_nested(MAX_DEPTH))["metadata"]
+    wide = {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}] * 500}
+    raw = json.dumps(wide).encode()
+    assert raw.count(b"{") > MAX_DEPTH  # the walk runs, and finds it shallow
+    assert parse_json(raw) == wide
+
+
+@pytest.mark.parametrize(
+    "value, limit, deeper",
+    [
+        ({}, 1, False),
+        ({"a": {}}, 1, True),
+        ([[[]]], 3, False),
+        ([[[]]], 2, True),
+        ({"a": 1}, 1, False),
+    ],
+)
+def test_depth_exceeds(value: Any, limit: int, deeper: bool) -> None:
+    assert depth_exceeds(value, limit) is deeper
 
 
 # -------------------------------------------------------------------------- validate

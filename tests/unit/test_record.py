@@ -32,7 +32,13 @@ def record(ai_info: AIInfo | None = None, **kw) -> CallRecord:
         "service": "llm",
         "request": {"method": "POST", "uri": "/v1/chat/completions", "size": 120, "headers": {}},
         "response": {"status": 200, "size": 456},
-        "latencies": {"request": 1376.6, "proxy": 1300.0, "gateway": 76.6},
+        "latencies": {
+            "request": 1376.6,
+            "proxy": 1300.0,
+            "gateway": 76.6,
+            "llm": 1300.0,
+            "time_to_first_token": 250.0,
+        },
         "ai": ai_info,
     }
     return CallRecord(**{**base, **kw})
@@ -52,13 +58,24 @@ def test_kong_shape_of_a_full_record() -> None:
         request_payload={"messages": [{"role": "user", "content": "hi"}]},
         response_payload={"choices": []},
     )
-    out = record(info, consumer="alice", context={"user_id": "u1"}).to_dict()
+    out = record(
+        info,
+        consumer="alice",
+        consumer_entity={"id": "c-1", "username": "alice", "custom_id": "team-a"},
+        context={"user_id": "u1"},
+    ).to_dict()
     assert out["started_at"] == 1_700_000_000_123  # milliseconds, like Kong
     assert out["ended_at"] == 1_700_000_001_500
     assert out["route"] == {"name": "chat"}
     assert out["service"] == {"name": "llm"}
-    assert out["consumer"] == {"username": "alice"}
-    assert out["latencies"] == {"request": 1376.6, "proxy": 1300.0, "gateway": 76.6}
+    assert out["consumer"] == {"id": "c-1", "username": "alice", "custom_id": "team-a"}
+    assert out["latencies"] == {
+        "request": 1376.6,
+        "proxy": 1300.0,
+        "gateway": 76.6,
+        "llm": 1300.0,
+        "time_to_first_token": 250.0,
+    }
     assert out["context"] == {"user_id": "u1"}
     proxy = out["ai"]["proxy"]
     assert proxy["meta"] == {
@@ -90,6 +107,10 @@ def test_kong_shape_of_a_full_record() -> None:
         "response": {"choices": []},
     }
     json.dumps(out)  # what file-log writes must be JSON
+
+
+def test_a_consumer_given_by_name_only_shows_as_its_username() -> None:
+    assert record(consumer="alice").to_dict()["consumer"] == {"username": "alice"}
 
 
 def test_oneshot_mode() -> None:
