@@ -23,7 +23,7 @@ from addons.config.model import GatewayConfig, Plugin, Route
 from addons.config.plugins import LOG_PLUGINS
 from exporters.delivery import Delivery
 from exporters.file import FileSink
-from exporters.http_delivery import HttpDelivery
+from exporters.http_delivery import PARALLEL_SENDERS, HttpDelivery
 from exporters.record import CallRecord
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,14 @@ def make_delivery(
     options = _queue_options(plugin.config)
     if getattr(sink, "linger", None) is not None:  # a sink's own flush delay (OTLP's)
         options["linger"] = sink.linger
+    if sink.max_batch == 1:  # no batch to fill: each record goes at once
+        options["linger"] = 0.0
     return HttpDelivery(sink, spool_dir, spool_name=spool_name(plugin), after=after, **options)
 
 
 def _queue_options(config: Any) -> dict[str, Any]:
-    """Kong's `queue` block (http-log and others), where a plugin has one."""
+    """Kong's `queue` block (http-log, opentelemetry), where a plugin has one: every
+    field but `max_batch_size`, which the sink reads itself."""
     queue = getattr(config, "queue", None)
     if queue is None:
         return {}
@@ -70,10 +73,14 @@ def _queue_options(config: Any) -> dict[str, Any]:
         ("linger", "max_coalescing_delay"),
         ("initial_retry_delay", "initial_retry_delay"),
         ("max_retry_delay", "max_retry_delay"),
+        ("max_bytes", "max_bytes"),
+        ("max_retry_time", "max_retry_time"),
     ):
         value = getattr(queue, theirs, None)
         if value is not None:
             out[ours] = value
+    if getattr(queue, "concurrency_limit", 1) == -1:
+        out["senders"] = PARALLEL_SENDERS
     return out
 
 
@@ -139,6 +146,8 @@ class Exporters:
                 "spooled": getattr(s, "spooled", 0),
                 "dropped": s.dropped,
                 "failed": getattr(s, "failed", 0),
+                "refused": getattr(s, "refused_requests", 0),
+                "misconfigured": int(getattr(s, "misconfigured", False)),
                 "depth": delivery.depth,
             }
         return out
@@ -155,9 +164,16 @@ class Exporters:
             )
 
     async def aclose(self, timeout: float = 10.0) -> None:
+        """Flush and close every exporter (in parallel, each within `timeout`). Never
+        raises: one exporter's failure must not keep the others from closing."""
         deliveries = list(self.deliveries.values())
         if self.store is not None:
             deliveries.append(self.store)
             self.store = None
         self.deliveries.clear()
-        await asyncio.gather(*(d.aclose(timeout) for d in deliveries), *self._closing)
+        results = await asyncio.gather(
+            *(d.aclose(timeout) for d in deliveries), *self._closing, return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("llmitm: an exporter failed to close", exc_info=result)

@@ -43,6 +43,7 @@ from addons.recorder import Recorder
 from addons.router import Router, ServiceProxy
 from addons.state import Gateway
 from addons.webview import WebView
+from exporters import _threads as export_threads
 
 
 def chain(gateway: Gateway) -> list[object]:
@@ -74,22 +75,37 @@ class Lifecycle:
     def done(self):
         # At process shutdown mitmproxy awaits what `done` returns; when only this
         # script is unloaded (a reload), it cannot, so the flush runs as a task.
-        async def close() -> None:
-            await self.gw.metrics.stop()
-            await self.gw.exporters.aclose()
-            await self.gw.upstream.stop()
-            await close_counters(self.gw)
-            self.gw.credentials.close()
-
         try:
             shutting_down = ctx.master.should_exit.is_set()
             asyncio.get_running_loop()
         except (AttributeError, RuntimeError):
             return None
         if shutting_down:
-            return close()
-        create_task(close(), name="llmitm close", keep_ref=True)
+            return self.close(exiting=True)
+        create_task(self.close(exiting=False), name="llmitm close", keep_ref=True)
         return None
+
+    async def close(self, exiting: bool) -> None:
+        """Every step, whatever the one before did: a sink that fails to close must not
+        keep the upstream client or the counters' connections open."""
+        gw = self.gw
+        steps = (
+            ("status listener", gw.metrics.stop),
+            ("exporters", gw.exporters.aclose),
+            ("upstream client", gw.upstream.stop),
+            ("limit counters", lambda: close_counters(gw)),
+        )
+        for what, step in steps:
+            try:
+                await step()
+            except Exception:
+                logging.getLogger(__name__).exception("llmitm: could not close the %s", what)
+        try:
+            gw.credentials.close()
+        except Exception:
+            logging.getLogger(__name__).exception("llmitm: could not close the credentials")
+        if exiting:  # a reload keeps the pool for the new script's exporters
+            export_threads.shutdown()
 
 
 # httpx logs every request at INFO and httpcore each step at DEBUG; mitmproxy hands

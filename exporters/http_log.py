@@ -23,11 +23,15 @@ import orjson
 from pydantic import Field, field_validator, model_validator
 
 from exporters.record import CallRecord
-from exporters.sink import Item, Prepared, Verdict, default_verdict
+from exporters.sink import Item, Prepared, Verdict, default_verdict, fit
 from providers.options import Strict
 
 #: the one channel of this sink
 CHANNEL = "log"
+
+#: most bytes of JSON in one request: a larger batch goes in several requests (and a
+#: 413 splits it further)
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 # an HTTP header name (RFC 9110 token), as Kong's `typedefs.header_name` accepts
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
@@ -45,17 +49,26 @@ class QueueConfig(Strict):
         ge=0,
         le=3600,
         description="Seconds to wait after the first entry for more to join its batch "
-        "(no effect with max_batch_size 1).",
+        "(no effect with max_batch_size 1: each entry is sent at once).",
     )
     max_entries: int = Field(
-        10_000, ge=1, le=1_000_000, description="Most entries waiting in memory."
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most entries waiting in memory; more go to the disk spool.",
     )
     max_bytes: int | None = Field(
-        None, ge=1, description="Most bytes of entries waiting in memory (unset: no limit)."
+        None,
+        ge=1,
+        description="Most bytes of entries (as JSON) waiting in memory; more go to the "
+        "disk spool (unset: no limit but max_entries).",
     )
-    max_retry_time: float = Field(
-        60,
-        description="Seconds before giving up on a failing batch; -1: never retry.",
+    max_retry_time: float | None = Field(
+        None,
+        description="Seconds of failed attempts after which a batch is given up (dropped, "
+        "logged and counted); 0 or -1: no retry. Kong's default is 60; unset (llmitm's "
+        "default): never give up, the entries wait in the disk spool until the endpoint "
+        "takes them.",
     )
     initial_retry_delay: float = Field(
         0.01, ge=0.001, le=1_000_000, description="Seconds before the first retry."
@@ -67,13 +80,16 @@ class QueueConfig(Strict):
         description="Most seconds between retries (the delay doubles up to this).",
     )
     concurrency_limit: Literal[-1, 1] = Field(
-        1, description="Requests in flight at once: 1, or -1 for no limit."
+        1,
+        description="1: one request in flight, entries sent in order; -1: up to 8 "
+        "requests in flight at once, in no particular order (for an endpoint slower than "
+        "the traffic).",
     )
 
     @field_validator("max_retry_time")
     @classmethod
-    def _retry_time(cls, value: float) -> float:
-        if value < 0 and value != -1:
+    def _retry_time(cls, value: float | None) -> float | None:
+        if value is not None and value < 0 and value != -1:
             raise ValueError("must be -1 (no retries) or at least 0")
         return value
 
@@ -206,16 +222,24 @@ class HttpLogSink:
         return [Item(CHANNEL, record.to_dict())]
 
     def request(self, channel: str, items: list[Item]) -> Prepared:
-        if self.max_batch == 1 and len(items) == 1:
+        """The request of the first `items` that fit in `MAX_REQUEST_BYTES` (at least
+        one): `Prepared.count` says how many."""
+        if self.max_batch == 1:
             body = dumps(items[0].data)
-        else:
-            body = b"[" + b",".join(dumps(item.data) for item in items) + b"]"
-        return Prepared(self.config.method, self._url, dict(self._headers), body)
+            return Prepared(self.config.method, self._url, dict(self._headers), body, count=1)
+        parts = [dumps(item.data) for item in items]
+        count = fit(parts, MAX_REQUEST_BYTES, overhead=2)
+        body = b"[" + b",".join(parts[:count]) + b"]"
+        return Prepared(self.config.method, self._url, dict(self._headers), body, count=count)
 
     def verdict(
         self, items: list[Item], status: int, headers: dict[str, str], body: bytes
     ) -> Verdict:
-        return default_verdict(items, status, headers, body)
+        v = default_verdict(items, status, headers, body)
+        if v.hold:
+            what = "headers" if status in (401, 403, 407) else "http_endpoint and method"
+            v.reason += f" (check {what})"
+        return v
 
 
 def from_config(config: HttpLogConfig, key: str) -> HttpLogSink:

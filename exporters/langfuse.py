@@ -18,6 +18,11 @@ Two wire formats, both built from the call record alone (pure code, no I/O: the 
   Its answers are 207 multi-status: only the events that failed with a retryable status
   are sent again; those refused for good are dropped and logged.
 
+A request carries at most 100 spans and 4 MiB of them (OTLP), or 50 events and 3 MB
+(ingestion: Langfuse's limit is 3.5 MB); `Prepared.count` says how many, and the
+delivery sends the rest next, at once. Wrong keys (401, 403) or a wrong endpoint (404,
+3xx) keep the items for a fixed config, with a hint naming the field to check.
+
 Items hold no credential: the keys are turned into the Authorization header only when
 a request is built. The record's request headers never enter an item.
 """
@@ -40,7 +45,7 @@ import orjson
 from pydantic import Field, field_validator, model_validator
 
 from exporters.record import AIInfo, CallRecord
-from exporters.sink import Item, Prepared, Verdict, default_verdict, parse_retry_after
+from exporters.sink import Item, Prepared, Verdict, default_verdict, fit, parse_retry_after
 from providers.options import Strict
 
 #: the channel of each protocol (one per configured instance)
@@ -50,8 +55,11 @@ INGESTION = "ingestion"
 OTEL_PATH = "/api/public/otel/v1/traces"
 INGESTION_PATH = "/api/public/ingestion"
 
-#: spans per OTLP request (gzip keeps such a request far below Langfuse's body limit)
+#: spans per OTLP request
 OTEL_MAX_BATCH = 100
+#: most bytes of spans in one OTLP request before gzip (Langfuse warns from 16 MiB; a
+#: proxy in front of a self-hosted one may take less: a 413 splits the batch)
+OTEL_MAX_BYTES = 4 * 1024 * 1024
 #: events per legacy ingestion request; the bytes are capped too (`INGESTION_MAX_BYTES`)
 INGESTION_MAX_BATCH = 50
 #: "Batch sizes are limited to 3.5 MB in total" (Langfuse's API docs): keep a margin
@@ -93,7 +101,11 @@ class AiTracingConfig(Strict):
         "example) selects the legacy batch ingestion.",
     )
     langfuse_timeout: float = Field(
-        5000, gt=0, description="Milliseconds one request may take before it is retried."
+        5000,
+        gt=0,
+        description="Milliseconds one request may take before it is retried (Kong's "
+        "default, 5 s: raise it for a slow or distant Langfuse, since a batch that times "
+        "out is sent again).",
     )
     environment: str = Field(
         "production",
@@ -930,8 +942,12 @@ class LangfuseSink:
         )
 
     def request(self, channel: str, items: list[Item]) -> Prepared:
+        """The request of the first `items` that fit in one (at least one):
+        `Prepared.count` says how many."""
         if channel == OTEL:
-            spans = [item.data for item in items]
+            # each span's JSON: near its protobuf size, and no smaller
+            count = fit([dumps(item.data) for item in items], OTEL_MAX_BYTES)
+            spans = [item.data for item in items[:count]]
             scope = ("llmitm", self._version)
             if self.encoding == "protobuf":
                 body = encode_protobuf(self.resource(), scope, spans)
@@ -942,52 +958,41 @@ class LangfuseSink:
             headers["Content-Encoding"] = "gzip"
             headers["x-langfuse-ingestion-version"] = "4"
             url = self._urls[OTEL]
-            self.log.debug("%s: %d span(s) to %s", self.name, len(items), url)
-            return Prepared("POST", url, headers, gzip.compress(body, compresslevel=1))
+            self.log.debug("%s: %d span(s) to %s", self.name, count, url)
+            return Prepared("POST", url, headers, gzip.compress(body, compresslevel=1), count=count)
         if channel != INGESTION:
             raise ValueError(f"{self.name}: unknown channel {channel!r}")
-        parts = self._fit(items)
-        body = b'{"batch":[' + b",".join(parts) + b"]}"
+        # Langfuse refuses batches over 3.5 MB: the rest go in the next request
+        parts = [dumps(item.data) for item in items]
+        count = fit(parts, INGESTION_MAX_BYTES, overhead=len(b'{"batch":[]}'))
+        body = b'{"batch":[' + b",".join(parts[:count]) + b"]}"
         url = self._urls[INGESTION]
-        self.log.debug("%s: %d event(s) to %s", self.name, len(parts), url)
-        return Prepared("POST", url, self._headers("application/json"), body)
-
-    @staticmethod
-    def _fit(items: list[Item]) -> list[bytes]:
-        """The JSON of the first items that fit in one ingestion request (at least one):
-        Langfuse refuses batches over 3.5 MB; the rest are sent by the next request."""
-        parts: list[bytes] = []
-        size = 16
-        for item in items:
-            part = dumps(item.data)
-            size += len(part) + 1
-            if parts and size > INGESTION_MAX_BYTES:
-                break
-            parts.append(part)
-        return parts
+        self.log.debug("%s: %d event(s) to %s", self.name, count, url)
+        return Prepared("POST", url, self._headers("application/json"), body, count=count)
 
     # ---------------------------------------------------------------- verdict
 
     def verdict(
         self, items: list[Item], status: int, headers: dict[str, str], body: bytes
     ) -> Verdict:
+        """The answer to `request(channel, items)` (`items`: those it carried)."""
         if not items or items[0].channel == OTEL:
             return self._otel_verdict(items, status, headers, body)
-        sent_count = len(self._fit(items))
-        sent, unsent = items[:sent_count], items[sent_count:]
         if not 200 <= status < 300:
-            v = default_verdict(sent, status, headers, body)
-            if unsent and v.retry:
-                v.retry += unsent
-            elif unsent:
-                v.retry = list(unsent)
-            return v
-        return self._multi_status(sent, unsent, headers, body)
+            return self._hint(default_verdict(items, status, headers, body), status)
+        return self._multi_status(items, headers, body)
+
+    def _hint(self, v: Verdict, status: int) -> Verdict:
+        if status in (401, 403):
+            v.reason += " (check langfuse_public_key and langfuse_secret_key)"
+        elif status in (404, 405) or 300 <= status < 400:
+            v.reason += " (check langfuse_endpoint)"
+        return v
 
     def _otel_verdict(
         self, items: list[Item], status: int, headers: dict[str, str], body: bytes
     ) -> Verdict:
-        v = default_verdict(items, status, headers, body)
+        v = self._hint(default_verdict(items, status, headers, body), status)
         if 200 <= status < 300:
             rejected, message = _otlp_rejected(headers, body)
             if rejected:
@@ -1002,9 +1007,7 @@ class LangfuseSink:
                 v.reason = f"{rejected} span(s) rejected: {message}"
         return v
 
-    def _multi_status(
-        self, sent: list[Item], unsent: list[Item], headers: dict[str, str], body: bytes
-    ) -> Verdict:
+    def _multi_status(self, sent: list[Item], headers: dict[str, str], body: bytes) -> Verdict:
         """Langfuse's 207: per event, a success or an error with its own status. Events
         that failed with a retryable status (or that the answer does not mention) are
         sent again, those refused for good are dropped."""
@@ -1013,8 +1016,7 @@ class LangfuseSink:
         except ValueError:
             data = None
         if not isinstance(data, dict) or not isinstance(data.get("successes"), list):
-            # a 2xx without the multi-status body: Langfuse took the batch
-            return Verdict(retry=list(unsent), reason="not yet sent" if unsent else "")
+            return Verdict()  # a 2xx without the multi-status body: Langfuse took the batch
         ok = {s.get("id") for s in data["successes"] if isinstance(s, dict)}
         errors: dict[str, dict[str, Any]] = {}
         for e in data.get("errors") or ():
@@ -1046,12 +1048,11 @@ class LangfuseSink:
                 len(sent),
                 "; ".join(reasons[:5]),
             )
-        retry += unsent
         return Verdict(
             retry=retry,
             dropped=dropped,
             retry_after=parse_retry_after(headers.get("retry-after")) if retry else None,
-            reason="; ".join(reasons[:5]) or ("not yet sent" if unsent else ""),
+            reason="; ".join(reasons[:5]),
         )
 
 

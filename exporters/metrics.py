@@ -30,9 +30,13 @@ Metric families (everything in its own `CollectorRegistry`):
 - Gateway traffic, Kong-like: `llmitm_http_requests_total{route,code,status,consumer}`,
   `llmitm_request_latency_ms{route,status}`, `llmitm_upstream_latency_ms{route}`,
   `llmitm_gateway_latency_ms{route}`, `llmitm_bandwidth_bytes_total{route,direction}`.
-- Exporters: `llmitm_exporter_{sent,retried,spooled,dropped,failed}_total{exporter}` and
-  `llmitm_exporter_queue_depth{exporter}`, read at scrape time from what the delivery
-  reports (`set_exporter_stats` or a `stats_source` function).
+- Exporters: `llmitm_exporter_{sent,retried,spooled,dropped,failed}_total{exporter}`,
+  `llmitm_exporter_refused_requests_total{exporter}` (requests a sink refused for the
+  exporter's settings: a wrong key or URL; their records are kept),
+  `llmitm_exporter_queue_depth{exporter}` (records waiting: in memory, in the spool, in
+  a writer thread) and `llmitm_exporter_misconfigured{exporter}` (1 while the sink
+  refuses the settings), read at scrape time from what the delivery reports
+  (`set_exporter_stats` or a `stats_source` function).
 - `llmitm_info{version}`, `llmitm_config_routes`, and the process, platform and GC
   collectors of prometheus_client.
 
@@ -53,7 +57,6 @@ otherwise.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import logging
 import time
@@ -77,6 +80,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from pydantic import Field
 
+from exporters._threads import run_blocking
 from exporters.record import CallRecord
 from providers.options import Strict
 
@@ -184,7 +188,12 @@ class ExporterStats:
     spooled: int = 0
     dropped: int = 0
     depth: int = 0
-    failed: int = 0  # records a sink raised on (file-log, the store)
+    failed: int = 0  # records a write error lost (file-log, the store)
+    refused: int = 0  # requests refused for the exporter's settings (401, 403, 404, 3xx)
+    misconfigured: int = 0  # 1 while the sink refuses the settings
+
+
+_FIELDS = ("sent", "retried", "spooled", "dropped", "depth", "failed", "refused", "misconfigured")
 
 
 StatsSource = Callable[[], Mapping[str, Any]]
@@ -195,12 +204,7 @@ def _stats(value: Any) -> ExporterStats:
     if isinstance(value, ExporterStats):
         return value
     get = value.get if isinstance(value, Mapping) else lambda k, d: getattr(value, k, d)
-    return ExporterStats(
-        **{
-            k: int(get(k, 0) or 0)
-            for k in ("sent", "retried", "spooled", "dropped", "depth", "failed")
-        }
-    )
+    return ExporterStats(**{k: int(get(k, 0) or 0) for k in _FIELDS})
 
 
 def _version() -> str:
@@ -385,9 +389,13 @@ class Metrics:
         dropped: int,
         depth: int,
         failed: int = 0,
+        refused: int = 0,
+        misconfigured: int = 0,
     ) -> None:
         """Cumulative counters of one exporter (and its current queue depth)."""
-        self._exporters[name] = ExporterStats(sent, retried, spooled, dropped, depth, failed)
+        self._exporters[name] = ExporterStats(
+            sent, retried, spooled, dropped, depth, failed, refused, misconfigured
+        )
 
     def forget_exporter(self, name: str) -> None:
         self._exporters.pop(name, None)
@@ -555,7 +563,7 @@ class Metrics:
         # exporters' stats are read on the loop (they may be loop-owned objects); the
         # text is produced off it
         self._snapshot = self.exporter_stats()
-        body, content_type = await asyncio.to_thread(self._encode, request.headers.get("Accept"))
+        body, content_type = await run_blocking(self._encode, request.headers.get("Accept"))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _handle_status(self, request: web.Request) -> web.Response:
@@ -598,14 +606,29 @@ class _ExporterCollector:
             )
             for field in ("sent", "retried", "spooled", "dropped", "failed")
         }
+        refused = CounterMetricFamily(
+            "llmitm_exporter_refused_requests",
+            "Requests the sink refused for the exporter's settings (a wrong key or URL); "
+            "their records are kept",
+            labels=["exporter"],
+        )
         depth = GaugeMetricFamily(
             "llmitm_exporter_queue_depth",
-            "Records waiting in the exporter's queue",
+            "Records waiting to be delivered: in memory, in the disk spool, in a writer",
+            labels=["exporter"],
+        )
+        misconfigured = GaugeMetricFamily(
+            "llmitm_exporter_misconfigured",
+            "1 while the sink refuses the exporter's settings (fix the plugin's config)",
             labels=["exporter"],
         )
         for name, s in sorted(stats.items()):
             for field, family in families.items():
                 family.add_metric([name], getattr(s, field))
+            refused.add_metric([name], s.refused)
             depth.add_metric([name], s.depth)
+            misconfigured.add_metric([name], s.misconfigured)
         yield from families.values()
+        yield refused
         yield depth
+        yield misconfigured

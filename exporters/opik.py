@@ -1,7 +1,9 @@
 """Kong's opik-log: every LLM call as an Opik trace with one `llm` span.
 
 Opik's write API takes batches: `POST {base}/v1/private/traces/batch {"traces": [...]}`
-and `POST {base}/v1/private/spans/batch {"spans": [...]}`, 1 to 1000 entries each, with
+and `POST {base}/v1/private/spans/batch {"spans": [...]}`, 1 to 1000 entries each (and,
+as Opik's SDK sends them, at most 5 MB of JSON: a request carries the entries that fit,
+the delivery sends the others next; a 413 splits the batch further), with
 `Authorization: <api key>` (no `Bearer`) and `Comet-Workspace: <workspace>` on Opik
 Cloud; a self-hosted Opik needs neither. The queue, batching, retries and disk spool
 are the shared delivery's (`exporters.http_delivery`); this module is the pure part:
@@ -52,7 +54,7 @@ from pydantic import Field, field_validator, model_validator
 
 from exporters.ids import uuid7
 from exporters.record import AIInfo, CallRecord
-from exporters.sink import Item, Prepared, Verdict, default_verdict, parse_retry_after
+from exporters.sink import Item, Prepared, Verdict, default_verdict, fit, parse_retry_after
 from providers.base import Usage
 from providers.options import Strict
 
@@ -62,6 +64,13 @@ SPANS = "spans"
 
 #: Opik refuses batches of more entries
 MAX_BATCH = 1000
+
+#: most bytes of JSON in one batch request, before compression: the limit Opik's own
+#: SDK keeps to (`MAX_BATCH_SIZE_MB = 5`); a larger batch goes in several requests
+MAX_BATCH_BYTES = 5 * 1024 * 1024
+
+#: what Opik's request size check answers (a 422) when a batch is over its limit
+_TOO_LARGE = b"request size exceeds the maximum allowed size"
 
 #: request bodies from this size on are sent gzip-compressed (as Opik's SDK does)
 GZIP_MIN_BYTES = 1024
@@ -159,6 +168,7 @@ class OpikSink:
     """The pure part of the opik-log exporter (`exporters.sink.HttpSink`)."""
 
     max_batch = MAX_BATCH
+    max_batch_bytes = MAX_BATCH_BYTES
 
     def __init__(self, config: OpikLogConfig, key: str) -> None:
         self.name = f"opik-log:{key}"
@@ -188,9 +198,14 @@ class OpikSink:
     # ---------------------------------------------------------------- request
 
     def request(self, channel: str, items: list[Item]) -> Prepared:
+        """The batch request of the first `items` that fit in `max_batch_bytes` (at
+        least one): `Prepared.count` says how many."""
         if channel not in self.urls:
             raise ValueError(f"opik-log has no channel {channel!r}")
-        body = _dumps({channel: [it.data for it in items]})
+        parts = [_dumps(it.data) for it in items]
+        head = b'{"' + channel.encode() + b'":['
+        count = fit(parts, self.max_batch_bytes, overhead=len(head) + 2)
+        body = head + b",".join(parts[:count]) + b"]}"
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if len(body) >= GZIP_MIN_BYTES:
             body = gzip.compress(body, compresslevel=1, mtime=0)
@@ -199,7 +214,7 @@ class OpikSink:
             headers["Authorization"] = self.config.opik_api_key
         if self.config.opik_workspace:
             headers["Comet-Workspace"] = self.config.opik_workspace
-        return Prepared("POST", self.urls[channel], headers, body)
+        return Prepared("POST", self.urls[channel], headers, body, count=count)
 
     # ---------------------------------------------------------------- verdict
 
@@ -208,10 +223,20 @@ class OpikSink:
     ) -> Verdict:
         """Opik answers a batch with 204; 409 means the entries exist already (Opik's SDK
         counts that as delivered); a 429 says when to come back in `RateLimit-Reset`
-        (seconds) rather than `Retry-After`. Other statuses as `default_verdict`."""
+        (seconds) rather than `Retry-After`; a batch over Opik's size limit is a 413, or
+        a 422 that says so. Other statuses as `default_verdict` (a wrong key, workspace
+        or URL: the entries are kept for a fixed config)."""
         lower = {k.lower(): v for k, v in headers.items()}
         if status == 409:
             return Verdict()
+        if status == 422 and _TOO_LARGE in body[:2000].lower():
+            snippet = body[:300].decode("utf-8", "replace")
+            return Verdict(
+                retry=list(items),
+                too_large=True,
+                reason=f"HTTP 422: {snippet} (a batch of {len(items)} entries is too large "
+                "for Opik)",
+            )
         if status == 429:
             wait = parse_retry_after(lower.get("retry-after"))
             if wait is None:
@@ -223,6 +248,8 @@ class OpikSink:
         elif 300 <= status < 400:
             where = lower.get("location", "elsewhere")
             out.reason = f"HTTP {status}: Opik is at {where} (set http_endpoint to it)"
+        elif status in (404, 405):
+            out.reason = f"{out.reason} (is http_endpoint Opik's URL?)"
         elif status == 413:
             out.reason = f"{out.reason} (a batch of {len(items)} entries is too large for Opik)"
         return out

@@ -36,18 +36,24 @@ from pydantic import Field, field_validator, model_validator
 
 from exporters.http_log import QueueConfig, check_headers, check_url
 from exporters.record import CallRecord
-from exporters.sink import Item, Prepared, Verdict, parse_retry_after
+from exporters.sink import Item, Prepared, Verdict, misconfigured, parse_retry_after
 from providers.options import Strict
 
 #: the one channel of this sink
 CHANNEL = "otlp"
 
 #: statuses after which the batch is sent again. OTLP/HTTP names 429, 502, 503 and 504
-#: and says every other 4xx and 5xx must not be retried; we retry a 500 too, as every
-#: other sink of ours does: it is what a collector (or the proxy in front of one) says
-#: when it is in trouble, and dropping the spans on a passing fault loses calls for
-#: good, while retrying costs at worst a few requests (backoff, then the spool).
-RETRYABLE = frozenset({429, 500, 502, 503, 504})
+#: and says every other 4xx and 5xx must not be retried; we retry a 500 and a 408 too,
+#: as every other sink of ours does: it is what a collector (or the proxy in front of
+#: one) says when it is in trouble, and dropping the spans on a passing fault loses
+#: calls for good, while retrying costs at worst a few requests (backoff, then the
+#: spool). A wrong token or URL (401, 403, 404, 405, 407, 3xx) keeps the spans for a
+#: fixed config; a 413 splits the batch.
+RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+
+#: most bytes of spans (protobuf) in one request; gRPC collectors take 4 MiB by default
+#: and HTTP ones more or less: a 413 splits the batch
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 #: longest span status message kept (an upstream's error may be a whole HTML page)
 MAX_STATUS_MESSAGE = 1024
@@ -944,7 +950,17 @@ class OtlpSink:
         return span
 
     def request(self, channel: str, items: list[Item]) -> Prepared:
+        """The export of the first `items` whose spans fit in `MAX_REQUEST_BYTES` (at
+        least one): `Prepared.count` says how many."""
         pb = _pb()
+        spans = []
+        size = 0
+        for item in items:
+            span = self._span(item.data)
+            size += span.ByteSize() + 8  # the field's tag and length
+            if spans and size > MAX_REQUEST_BYTES:
+                break
+            spans.append(span)
         export = pb.service.ExportTraceServiceRequest(
             resource_spans=[
                 pb.trace.ResourceSpans(
@@ -952,13 +968,15 @@ class OtlpSink:
                     scope_spans=[
                         pb.trace.ScopeSpans(
                             scope=pb.common.InstrumentationScope(name="llmitm", version=_version()),
-                            spans=[self._span(item.data) for item in items],
+                            spans=spans,
                         )
                     ],
                 )
             ]
         )
-        return Prepared("POST", self.url, dict(self._headers), export.SerializeToString())
+        return Prepared(
+            "POST", self.url, dict(self._headers), export.SerializeToString(), count=len(spans)
+        )
 
     def verdict(
         self, items: list[Item], status: int, headers: dict[str, str], body: bytes
@@ -977,6 +995,13 @@ class OtlpSink:
         if status in RETRYABLE:
             retry_after = parse_retry_after(headers.get("retry-after"))
             return Verdict(retry=list(items), retry_after=retry_after, reason=reason)
+        if status == 413:
+            return Verdict(retry=list(items), too_large=True, reason=reason)
+        if misconfigured(status):
+            if 300 <= status < 400:
+                reason = f"HTTP {status}: redirected to {headers.get('location', 'elsewhere')}"
+            hint = "headers" if status in (401, 403, 407) else "traces_endpoint"
+            return Verdict(retry=list(items), hold=True, reason=f"{reason} (check {hint})")
         return Verdict(dropped=list(items), reason=reason)
 
     @staticmethod

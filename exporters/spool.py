@@ -9,6 +9,11 @@ call from several threads.
 
 Disk use is bounded by `max_bytes`: an append that would exceed it writes nothing and
 returns how many items it could not keep (the caller counts them as dropped).
+
+A line that is not JSON (a crash in the middle of an append) is returned by `peek` as
+None, in its place, so that the caller skips it (and counts it) without losing the
+items around it; `load` ends a last line that a crash cut short, so that the next
+append does not glue an item to it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import orjson
 SEGMENT_BYTES = 8 * 1024 * 1024
 
 
-def _dumps(item: dict[str, Any]) -> bytes:
+def encoded(item: dict[str, Any]) -> bytes:
+    """An item as one line of JSON (without the newline)."""
     try:
         return orjson.dumps(item)
     except TypeError:  # an integer beyond 64 bits, say: the json module takes anything
@@ -63,8 +69,17 @@ class Spool:
             self._bytes = 0
             for i, seg in enumerate(self._segments):
                 path = self._path(seg)
-                self._bytes += path.stat().st_size
-                lines = path.read_bytes().count(b"\n")
+                data = path.read_bytes()
+                if data and not data.endswith(b"\n"):
+                    # a crash in the middle of an append: end the line (peek returns it as
+                    # None), or the next append would join an item to it
+                    with open(path, "ab") as f:
+                        f.write(b"\n")
+                        f.flush()
+                        os.fsync(f.fileno())
+                    data += b"\n"
+                self._bytes += len(data)
+                lines = data.count(b"\n")
                 self.pending += lines - (self._head_line if i == 0 else 0)
             self.pending = max(self.pending, 0)
             self._loaded = True
@@ -87,7 +102,7 @@ class Spool:
         """Append items (JSON-able); returns how many did not fit under `max_bytes`."""
         if not items:
             return 0
-        lines = [_dumps(item) + b"\n" for item in items]
+        lines = [encoded(item) + b"\n" for item in items]
         with self._lock:
             self.load()
             data = b"".join(lines)
@@ -122,9 +137,9 @@ class Spool:
                 self._head_cache[1].extend(lines)
             return refused
 
-    def peek(self, n: int) -> list[dict[str, Any]]:
+    def peek(self, n: int) -> list[dict[str, Any] | None]:
         """Up to `n` items from the head (not consumed: `advance` does that), all from
-        the first segment."""
+        the first segment; None for a line that is not JSON."""
         with self._lock:
             self.load()
             while self._segments:
@@ -133,12 +148,13 @@ class Spool:
                     self._head_cache = (seg, self._path(seg).read_bytes().splitlines(True))
                 lines = self._head_cache[1]
                 if self._head_line < len(lines):
-                    out = []
+                    out: list[dict[str, Any] | None] = []
                     for line in lines[self._head_line : self._head_line + n]:
                         try:
-                            out.append(orjson.loads(line))
+                            item = orjson.loads(line)
                         except orjson.JSONDecodeError:
-                            out.append({"corrupt": line.decode("utf-8", "replace")})
+                            item = None
+                        out.append(item if isinstance(item, dict) else None)
                     return out
                 if len(self._segments) == 1:
                     return []

@@ -28,7 +28,6 @@ plain synchronous code: `latest(...)` (the calls table, newest first, with filte
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -46,6 +45,7 @@ from typing import Any
 import orjson
 from pydantic import Field
 
+from exporters._threads import run_blocking
 from exporters.record import CallRecord
 from providers.options import Strict
 
@@ -306,12 +306,32 @@ def _str(value: Any) -> str | None:
 _STOP = object()  # tells the writer thread to finish
 _PRUNE_EVERY = 3600.0  # seconds between deletions of calls older than max_age_days
 
+#: seconds to wait before each new attempt at a write that failed for a reason that
+#: may pass (a locked database, a full disk, an I/O error); then the rows count as failed
+RETRY_DELAYS = (0.05, 0.25, 1.0)
+
+#: records handed to the writer thread and not yet written, at most (the delivery keeps
+#: the rest, bounded too: exporters/delivery.py)
+MAX_PENDING = 2_000
+
+# sqlite3.OperationalError messages of faults that may clear by themselves
+_TRANSIENT = ("locked", "busy", "full", "i/o", "unable to open", "readonly")
+
+
+def _transient(error: Exception) -> bool:
+    if isinstance(error, OSError):
+        return True
+    if isinstance(error, sqlite3.OperationalError):
+        text = str(error).lower()
+        return any(word in text for word in _TRANSIENT)
+    return False
+
 
 class SqliteSink:
     """Writes call records to the SQLite store from a dedicated thread.
 
     `written`, `failed` and `pending` count records: stored (duplicates included),
-    lost to a database error, and handed over but not yet written.
+    lost to a database error (after the retries), and handed over but not yet written.
     """
 
     def __init__(
@@ -327,6 +347,7 @@ class SqliteSink:
         self.written = 0
         self.failed = 0
         self.pending = 0
+        self.max_pending = MAX_PENDING
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards `pending`, updated by both sides
@@ -346,10 +367,10 @@ class SqliteSink:
 
     async def flush(self, timeout: float = 10.0) -> bool:
         """Wait (off the loop) until everything handed over so far is written."""
-        return await asyncio.to_thread(self.flush_sync, timeout)
+        return await run_blocking(self.flush_sync, timeout)
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self.close_sync)
+        await run_blocking(self.close_sync)
 
     # -- any thread
 
@@ -406,26 +427,48 @@ class SqliteSink:
 
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
         try:
-            if self._conn is None:
-                self._conn = _connect_writer(self.path)
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(_INSERT, rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
+            for attempt, delay in enumerate(RETRY_DELAYS):
+                try:
+                    self._insert(rows)
+                    return
+                except Exception as e:
+                    self._close()  # reopened at the next attempt (the file may be fixed)
+                    if not _transient(e):
+                        raise
+                    if not attempt:
+                        log.warning(
+                            "%s: could not write %d record(s) (%s): trying again %d times",
+                            self.name,
+                            len(rows),
+                            e,
+                            len(RETRY_DELAYS),
+                        )
+                time.sleep(delay)  # the writer thread's own time: nothing else waits
+            self._insert(rows)
         except Exception as e:  # noqa: BLE001 - the writer thread must survive any failure
-            self.failed += len(rows)
+            with self._lock:
+                self.failed += len(rows)
             log.error("%s: could not write %d record(s): %s", self.name, len(rows), e)
             self._close()  # reopen next time (the file may have been removed or fixed)
-        else:
-            self.written += len(rows)
         finally:
             with self._lock:
                 self.pending -= len(rows)
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        """One transaction with every row (counted in `written`), or an exception."""
+        if self._conn is None:
+            self._conn = _connect_writer(self.path)
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        with self._lock:
+            self.written += len(rows)
 
     def _maybe_prune(self) -> None:
         if self.max_age_days is None or self._conn is None:
@@ -496,8 +539,9 @@ class Total:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    cost: float  # sum of the known costs
+    cost: float | None  # sum of the known costs; None when no call of the group has one
     avg_latency_ms: float | None
+    priced_calls: int = 0  # calls with a known cost: `cost` sums these only
 
 
 _ROW_SQL = (
@@ -618,9 +662,12 @@ class Store:
             since=since,
             until=until,
         )
+        # SUM, not TOTAL: calls without a known cost add nothing, and a group where no
+        # call has one sums to NULL (unknown), not to $0; COUNT(cost) says how many had one
         cur = self.conn.execute(
             f"SELECT {by}, COUNT(*), SUM(status != 'ok'), TOTAL(prompt_tokens), "
-            f"TOTAL(completion_tokens), TOTAL(total_tokens), TOTAL(cost), AVG(latency_ms) "
+            f"TOTAL(completion_tokens), TOTAL(total_tokens), SUM(cost), AVG(latency_ms), "
+            f"COUNT(cost) "
             f"FROM calls{where} GROUP BY {by} ORDER BY TOTAL(cost) DESC, COUNT(*) DESC, {by}",
             args,
         )
@@ -632,8 +679,9 @@ class Store:
                 prompt_tokens=int(r[3]),
                 completion_tokens=int(r[4]),
                 total_tokens=int(r[5]),
-                cost=round(r[6], 10),
+                cost=round(r[6], 10) if r[6] is not None else None,
                 avg_latency_ms=r[7],
+                priced_calls=r[8],
             )
             for r in cur
         ]

@@ -153,9 +153,11 @@ def test_self_hosted_opik_without_credentials(opik_server: FakeUpstream) -> None
     "key, workspace, hint",
     [("wrong-key", WORKSPACE, "opik_api_key"), (OPIK_KEY, "other-ws", "opik_workspace")],
 )
-def test_refused_credentials_drop_the_batch_with_a_hint(
+def test_refused_credentials_keep_the_batch_with_a_hint(
     opik_server: FakeUpstream, key: str, workspace: str, hint: str
 ) -> None:
+    """Opik refuses the key or the workspace: the entries are held (kept for a fixed
+    config), not dropped, and the reason says which setting to check."""
     fake = serve(opik_server, FakeOpik(api_key=OPIK_KEY, workspace=WORKSPACE))
     sink = from_config(
         OpikLogConfig(
@@ -165,8 +167,81 @@ def test_refused_credentials_drop_the_batch_with_a_hint(
     )
     items = sink.items(record_now())[:1]
     v = send(sink, "traces", items)
-    assert v.dropped == items and v.retry == [] and hint in v.reason
+    assert v.hold and v.retry == items and v.dropped == [] and hint in v.reason
     assert fake.traces == []
+
+
+WRONG_KEY_CONFIG = """
+_format_version: "3.0"
+services:
+  - name: llm
+    routes:
+      - name: chat
+        paths: ["/v1/chat/completions"]
+        plugins:
+          - name: ai-proxy
+            config:
+              route_type: llm/v1/chat
+              model: {provider: mock, name: mock-gpt}
+              logging: {log_statistics: true, log_payloads: true}
+plugins:
+  - name: opik-log
+    config:
+      http_endpoint: "@OPIK@/api"
+      opik_api_key: "@KEY@"
+      opik_workspace: team-ws
+"""
+
+
+def spooled_lines(root: Path) -> int:
+    """Lines in the spool files under `root` (a rough count: what is waiting there)."""
+    return sum(p.read_bytes().count(b"\n") for p in root.rglob("*.jsonl"))
+
+
+def test_a_wrong_key_keeps_the_calls_until_the_config_is_fixed(
+    opik_server: FakeUpstream, start_gateway: Any
+) -> None:
+    """The key in the config is wrong: Opik refuses every batch. The calls are kept in
+    the spool (none dropped), an error says what to fix, once. The user fixes the key
+    in the config file: the reloaded plugin sends every call made meanwhile, then the
+    new ones, each once."""
+    fake = serve(opik_server, FakeOpik(api_key=OPIK_KEY, workspace=WORKSPACE, prefix="/api"))
+    config = WRONG_KEY_CONFIG.replace("@OPIK@", opik_server.url)
+    gw = start_gateway(config.replace("@KEY@", "a-wrong-key"), quiet=False)
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    before = [f"wrong-key-{i}" for i in range(3)]
+    for tag in before:
+        client.chat.completions.create(
+            model="mock-gpt",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"X-Message-Id": tag},
+        )
+    spool = gw.tmp / "spool"
+    fake.wait(lambda: spooled_lines(spool) >= 6, what="traces and spans kept in the spool")
+    assert fake.traces == [] and fake.spans == []
+    assert fake.refused and all(status == 401 for status, _ in fake.refused)
+    refusals = [line for line in gw.log().splitlines() if "refused the exporter's settings" in line]
+    assert len(refusals) == 1 and "opik_api_key" in refusals[0]
+    assert "refused, not retried" not in gw.log()  # nothing dropped
+
+    gw.write_config(config.replace("@KEY@", OPIK_KEY))  # the fix
+    fake.wait(lambda: "llmitm: reloaded" in gw.log(), what="the reload")
+    client.chat.completions.create(
+        model="mock-gpt",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"X-Message-Id": "fixed-key"},
+    )
+    tags = [*before, "fixed-key"]
+
+    def arrived() -> bool:
+        ids = [t["metadata"].get("message_id") for t in fake.traces]
+        return set(tags) <= set(ids) and len(fake.spans) >= len(tags)
+
+    fake.wait(arrived, what="every call, once the key is fixed")
+    time.sleep(0.5)  # anything sent twice would arrive by now
+    assert sorted(t["metadata"].get("message_id") for t in fake.traces) == sorted(tags)
+    assert sorted(s["trace_id"] for s in fake.spans) == sorted(t["id"] for t in fake.traces)
+    fake.wait(lambda: spooled_lines(spool) == 0, what="an empty spool")
 
 
 def test_the_fake_refuses_what_opik_schemas_do_not_allow(opik_server: FakeUpstream) -> None:

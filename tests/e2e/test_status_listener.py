@@ -293,3 +293,67 @@ plugins:
     assert total(samples, "llmitm_http_requests_total") == 3
     assert not total(samples, "ai_llm_requests_total")
     assert not total(samples, "ai_llm_tokens_total")
+
+
+def test_the_exporters_counts_say_what_happened(start_gateway, tmp_path) -> None:
+    """A file-log that cannot write (its path is a directory) reports its records
+    failed, not sent; an http-log whose endpoint refuses the token reports the records
+    kept (queue depth), not dropped, and raises the misconfigured gauge; the store,
+    which can write, reports them sent."""
+    from tests.fakes.upstream import FakeUpstream, Reply
+
+    refusing = FakeUpstream().start()
+    refusing.reply(Reply.json({"message": "bad token"}, 401))
+    not_a_file = tmp_path / "a-directory"
+    not_a_file.mkdir()
+    port = free_port()
+    config = (
+        CONFIG
+        + f"""
+plugins:
+  - name: file-log
+    config: {{path: "{not_a_file}"}}
+  - name: http-log
+    config:
+      http_endpoint: "{refusing.url}/logs"
+      headers: {{X-Log-Token: wrong-token}}
+"""
+    )
+    try:
+        gw = start_gateway(config, status_listen=f"127.0.0.1:{port}", quiet=False)
+        calls(gw)  # three calls
+        base = f"http://127.0.0.1:{port}"
+
+        def exporters() -> dict[str, dict[str, int]]:
+            found = httpx.get(f"{base}/status").json()["exporters"]
+            return {name.split(":", 1)[0]: s for name, s in found.items()}
+
+        deadline = time.time() + 15
+        while True:
+            now = exporters()
+            if (
+                now.get("file-log", {}).get("failed") == 3
+                and now.get("http-log", {}).get("misconfigured") == 1
+                and now.get("http-log", {}).get("spooled") == 3
+                and now.get("sqlite", {}).get("sent") == 3
+            ):
+                break
+            assert time.time() < deadline, f"{now}\n{gw.log()[-3000:]}"
+            time.sleep(0.1)
+        assert (now["file-log"]["sent"], now["file-log"]["depth"]) == (0, 0)
+        assert now["http-log"]["sent"] == now["http-log"]["dropped"] == 0
+        assert now["http-log"]["depth"] == 3 and now["http-log"]["refused"] >= 1
+        samples = parse(httpx.get(f"{base}/metrics").text)
+        assert (
+            total(samples, "llmitm_exporter_failed_total", exporter=f"file-log:{not_a_file}") == 3
+        )
+        misconfigured = [
+            v
+            for (name, labels), v in samples.items()
+            if name == "llmitm_exporter_misconfigured"
+            and dict(labels)["exporter"].startswith("http-log:")
+        ]
+        assert misconfigured == [1]
+        assert "wrong-token" not in gw.log()
+    finally:
+        refusing.stop()

@@ -8,6 +8,7 @@ exporters use, with short delays.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -349,3 +350,381 @@ async def test_a_successor_takes_over_the_spool_once_its_predecessor_closed(
     assert server.ids() == EXPECTED[:15]
     await new.aclose()
     assert new.depth == 0
+
+
+# --------------------------------------------------- a long outage, a broken step
+
+
+async def test_a_long_outage_keeps_a_finite_delay_and_the_lane_recovers(tmp_path: Path) -> None:
+    """After ~1025 failures in a row the backoff's 2**n overflowed a float: the lane's
+    task died and nothing was ever sent again. The exponent is capped."""
+    port = free_port()
+    d = delivery(port, tmp_path, max_retry_delay=0.05)
+    d.start()
+    d.submit(record(0))
+    await until(lambda: d.stats.failed_requests >= 1)
+    (lane,) = d._lanes.values()
+    lane.failures = 2000  # as after hours down
+    server = Server(port)
+    await server.start()
+    try:
+        d.submit(record(1))
+        await until(lambda: server.ids() == ["r0", "r1"])
+        assert not lane.task.done()
+        assert 0 < d._backoff(2000) <= 0.05 and 0 < d._backoff(10**9) <= 0.05
+    finally:
+        await d.aclose()
+        await server.stop()
+
+
+async def test_an_unexpected_error_in_a_step_does_not_kill_the_lane(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    d = delivery(server.port, tmp_path)
+    real_send = d._send
+    broken = {"left": 2}
+
+    async def send(channel: str, batch: list[Item]) -> Any:
+        if broken["left"]:
+            broken["left"] -= 1
+            raise RuntimeError("a bug in a step")
+        return await real_send(channel, batch)
+
+    monkeypatch.setattr(d, "_send", send)
+    d.start()
+    for i in range(5):
+        d.submit(record(i))
+    await until(lambda: len(server.ids()) == 5)
+    assert server.ids() == EXPECTED[:5]
+    (lane,) = d._lanes.values()
+    assert not lane.task.done()
+    # logged with its traceback once, then in one line
+    tracebacks = [r for r in caplog.records if "unexpected error" in r.message and r.exc_info]
+    assert len(tracebacks) == 1
+    await d.aclose()
+
+
+async def test_aclose_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporters import spool as spool_module
+
+    d = delivery(free_port(), tmp_path, spool_after=1000)
+    d.start()
+    for i in range(3):
+        d.submit(record(i))
+    await until(lambda: d.stats.failed_requests >= 1)
+
+    def broken_disk(self: Any, items: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool_module.Spool, "append", broken_disk)
+    await d.aclose(timeout=0.2)  # what is left cannot be spooled: logged, not raised
+
+
+# ------------------------------------------------------- a wrong key or endpoint
+
+
+def refuse(status: int, **headers: str) -> Callable[[str, list[str]], web.Response | None]:
+    return lambda channel, ids: web.Response(status=status, headers=headers, text="refused")
+
+
+@pytest.mark.parametrize(
+    "status, headers", [(401, {}), (403, {}), (404, {}), (405, {}), (407, {}), (308, {})]
+)
+async def test_refused_settings_keep_the_items_until_the_sink_accepts_them(
+    server: Server, tmp_path: Path, caplog: Any, status: int, headers: dict[str, str]
+) -> None:
+    """A wrong key (401, 403, 407), a wrong URL (404, 405) or a redirect: the items are
+    kept in the spool (not dropped), an error says so once, the attempts come at the
+    longest delay, and once the sink takes them (a fixed key) they all arrive."""
+    if status == 308:
+        headers = {"Location": f"http://127.0.0.1:{server.port}/elsewhere"}
+    server.script = refuse(status, **headers)
+    d = delivery(server.port, tmp_path, max_retry_delay=0.3)
+    d.start()
+    for i in range(5):
+        d.submit(record(i))
+    await until(lambda: d.stats.refused_requests >= 3)
+    assert d.stats.spooled == 5 and d.stats.dropped == 0 and d.stats.sent == 0
+    assert d.stats.misconfigured and d.depth == 5
+    errors = [r for r in caplog.records if "refused the exporter's settings" in r.message]
+    assert len(errors) == 1 and f"HTTP {status}" in errors[0].message
+    # at the longest delay (0.3 s, jittered down to 0.225 s), not the 0.05 s backoff
+    times = [t for t, _, _ in server.requests]
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(times))
+    server.script = lambda channel, ids: None  # the key is fixed
+    await until(lambda: server.ids() == EXPECTED[:5])
+    await until(lambda: d.depth == 0)
+    assert d.stats.sent == 5 and not d.stats.misconfigured
+    await d.aclose()
+
+
+async def test_a_fixed_config_sends_what_the_refused_one_kept(
+    server: Server, tmp_path: Path
+) -> None:
+    """The reload path: the old delivery (its sink refusing the key) closes while the
+    new one, on the same spool, sends everything, in order, once."""
+    server.script = refuse(401)
+    old = delivery(server.port, tmp_path, spool_name="test@global")
+    old.start()
+    for i in range(10):
+        old.submit(record(i))
+    await until(lambda: old.stats.spooled == 10)
+    accepted = TestSink(server.port)
+    accepted.name = "test-sink-fixed"
+    closing = asyncio.get_running_loop().create_task(old.aclose(timeout=1))
+    await asyncio.sleep(0.05)
+    server.script = lambda channel, ids: None  # the new config's key is right
+    new = delivery(server.port, tmp_path, spool_name="test@global", after=closing, sink=accepted)
+    new.start()
+    for i in range(10, 12):
+        new.submit(record(i))
+    await until(lambda: len(server.ids()) == 12)
+    await asyncio.sleep(0.2)
+    assert server.ids() == EXPECTED[:12]
+    await new.aclose()
+    assert new.depth == 0 and old.stats.dropped == 0
+
+
+# --------------------------------------------------------------- shutdown flush
+
+
+async def test_shutdown_sends_the_spool_when_the_sink_is_back(tmp_path: Path) -> None:
+    """200 items spooled while the sink was down; it is back at shutdown: aclose sends
+    them all (in order) within its time, instead of leaving them on disk."""
+    port = free_port()
+    d = delivery(port, tmp_path, spool_after=1, max_retry_delay=0.05)
+    d.start()
+    for i in range(200):
+        d.submit(record(i))
+    await until(lambda: d.stats.spooled == 200)
+    server = Server(port)
+    await server.start()
+    try:
+        await d.aclose(timeout=10)
+        assert server.ids() == [f"r{i}" for i in range(200)]
+        assert sum(lane.spool.pending for lane in d._lanes.values()) == 0
+    finally:
+        await server.stop()
+
+
+async def test_shutdown_gives_a_failed_lane_one_more_try(server: Server, tmp_path: Path) -> None:
+    """The first request got a 500 and the lane waits out its backoff: at shutdown it
+    tries again at once (the sink is fine now) instead of spooling everything."""
+    answers = [web.Response(status=500)]
+    server.script = lambda channel, ids: answers.pop() if answers else None
+    d = delivery(server.port, tmp_path, initial_retry_delay=30, max_retry_delay=30)
+    d.start()
+    for i in range(5):
+        d.submit(record(i))
+    await until(lambda: d.stats.failed_requests == 1)
+    await d.aclose(timeout=5)
+    assert server.ids() == EXPECTED[:5]
+    assert d.stats.spooled == 0
+
+
+async def test_shutdown_stops_at_once_when_the_sink_still_fails(tmp_path: Path) -> None:
+    d = delivery(free_port(), tmp_path, initial_retry_delay=30, max_retry_delay=30)
+    d.start()
+    for i in range(5):
+        d.submit(record(i))
+    await until(lambda: d.stats.failed_requests == 1)
+    await asyncio.wait_for(d.aclose(timeout=30), 5)  # one more try fails: no 30 s wait
+    assert d.stats.spooled == 5
+
+
+# ------------------------------------------------------------- batch size, 413
+
+
+class CappedSink(TestSink):
+    """A sink whose requests carry at most `per_request` items (a byte cap)."""
+
+    __test__ = False
+
+    def __init__(self, port: int, per_request: int) -> None:
+        super().__init__(port)
+        self.per_request = per_request
+
+    def request(self, channel: str, items: list[Item]) -> Prepared:
+        count = min(len(items), self.per_request)
+        prepared = super().request(channel, items[:count])
+        prepared.count = count
+        return prepared
+
+
+async def test_leftovers_of_a_full_request_go_at_once_without_a_failure(
+    server: Server, tmp_path: Path
+) -> None:
+    d = delivery(server.port, tmp_path, sink=CappedSink(server.port, 3), initial_retry_delay=5)
+    d.start()
+    for i in range(20):
+        d.submit(record(i))
+    await until(lambda: d.stats.sent == 20)
+    assert server.ids() == EXPECTED[:20]
+    assert all(len(ids) <= 3 for _, _, ids in server.requests)
+    assert (d.stats.failed_requests, d.stats.retried) == (0, 0)  # no failure, no backoff
+    await d.aclose()
+
+
+async def test_a_413_splits_the_batch_and_every_item_that_fits_arrives(
+    server: Server, tmp_path: Path
+) -> None:
+    """The sink takes at most 3 items a request: a 413 halves the batch (10 -> 5 -> 2),
+    without counting a failure; the items all arrive, once, in order."""
+    server.script = lambda channel, ids: web.Response(status=413) if len(ids) > 3 else None
+    d = delivery(server.port, tmp_path, initial_retry_delay=5)
+    d.start()
+    for i in range(30):
+        d.submit(record(i))
+    await until(lambda: d.stats.sent == 30)
+    assert server.ids() == EXPECTED[:30]
+    assert (d.stats.failed_requests, d.stats.retried, d.stats.dropped) == (0, 0, 0)
+    await d.aclose()
+
+
+async def test_a_413_for_a_single_item_drops_only_that_item(
+    server: Server, tmp_path: Path, caplog: Any
+) -> None:
+    server.script = lambda channel, ids: web.Response(status=413) if "r2" in ids else None
+    d = delivery(server.port, tmp_path)
+    d.start()
+    for i in range(6):
+        d.submit(record(i))
+    await until(lambda: d.stats.sent + d.stats.dropped == 6)
+    assert server.ids() == ["r0", "r1", "r3", "r4", "r5"]
+    assert (d.stats.dropped, d.stats.too_large) == (1, 1)
+    assert any("too large for the sink even alone" in r.message for r in caplog.records)
+    await d.aclose()
+
+
+async def test_a_413_from_the_spool_splits_too(server: Server, tmp_path: Path) -> None:
+    port = server.port
+    await server.stop()  # down: the items go to the spool
+    d = delivery(port, tmp_path, spool_after=1)
+    d.start()
+    for i in range(12):
+        d.submit(record(i))
+    await until(lambda: d.stats.spooled == 12)
+    server.script = lambda channel, ids: web.Response(status=413) if len(ids) > 2 else None
+    await server.start()
+    await until(lambda: d.stats.sent == 12)
+    assert server.ids() == EXPECTED[:12] and d.stats.dropped == 0
+    await d.aclose()
+
+
+# -------------------------------------------------------- Kong's queue fields
+
+
+async def test_max_bytes_bounds_the_memory_queue(tmp_path: Path) -> None:
+    d = delivery(free_port(), tmp_path, max_bytes=300, spool_after=1000, capacity=10_000)
+    d.start()
+    for i in range(100):  # about 12 bytes of JSON each
+        d.submit(record(i))
+    await until(lambda: d.stats.spooled >= 70)
+    (lane,) = d._lanes.values()
+    assert lane.mem_bytes <= 300 + 20 and len(lane.mem) < 30
+    assert d.depth == 100
+    await d.aclose(timeout=0.2)
+
+
+async def test_max_retry_time_gives_up_on_a_failing_batch(tmp_path: Path, caplog: Any) -> None:
+    d = delivery(free_port(), tmp_path, max_retry_time=0.3, spool_after=1000)
+    d.start()
+    for i in range(4):
+        d.submit(record(i))
+    await until(lambda: d.stats.dropped == 4)
+    assert d.stats.expired == 4 and d.depth == 0
+    assert any("queue.max_retry_time" in r.message for r in caplog.records)
+    await d.aclose(timeout=0.2)
+
+
+async def test_max_retry_time_unset_never_gives_up(tmp_path: Path) -> None:
+    port = free_port()
+    d = delivery(port, tmp_path, spool_after=1000)
+    d.start()
+    d.submit(record(0))
+    await until(lambda: d.stats.failed_requests >= 8)  # far beyond Kong's 60 s at this pace
+    assert d.stats.dropped == 0 and d.depth == 1
+    await d.aclose(timeout=0.2)
+
+
+async def test_parallel_senders_keep_several_requests_in_flight(
+    server: Server, tmp_path: Path
+) -> None:
+    """Kong's `concurrency_limit: -1`: a slow sink gets several requests at once."""
+    in_flight = {"now": 0, "most": 0}
+    real = server._handle
+
+    async def counting(request: web.Request) -> web.Response:
+        in_flight["now"] += 1
+        in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        try:
+            return await real(request)
+        finally:
+            in_flight["now"] -= 1
+
+    server._handle = counting  # type: ignore[method-assign]
+    await server.stop()
+    await server.start()
+    server.delay = 0.3
+    sink = TestSink(server.port)
+    sink.max_batch = 1
+    d = delivery(server.port, tmp_path, sink=sink, senders=8)
+    d.start()
+    for i in range(16):
+        d.submit(record(i))
+    await until(lambda: len(server.ids()) == 16)
+    assert sorted(server.ids()) == sorted(f"r{i}" for i in range(16))
+    assert in_flight["most"] > 1
+    await until(lambda: d.stats.sent == 16)
+    await d.aclose()
+
+
+# ---------------------------------------------------------- the spool, the pool
+
+
+async def test_a_corrupt_spool_line_is_skipped_and_counted(server: Server, tmp_path: Path) -> None:
+    from exporters.spool import Spool
+
+    left = Spool(tmp_path / "test-sink" / "events")
+    left.append([{"id": "old-1"}])
+    with open(next(left.dir.glob("*.jsonl")), "ab") as f:
+        f.write(b'{"id": "old-2", "cut sh')  # the crash
+    d = delivery(server.port, tmp_path)
+    d.start()
+    d.submit(record(0))
+    await until(lambda: server.ids() == ["old-1", "r0"])
+    assert (d.stats.corrupt, d.stats.failed_requests) == (1, 0)
+    await d.aclose()
+
+
+async def test_blocking_work_runs_in_the_exporters_own_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spool writes and batch encoding never take a worker of asyncio's default pool,
+    which the request path uses (asyncio.to_thread)."""
+    import threading
+
+    from exporters import spool as spool_module
+
+    threads: set[str] = set()
+    append = spool_module.Spool.append
+
+    def spy(self: Any, items: Any) -> int:
+        threads.add(threading.current_thread().name)
+        return append(self, items)
+
+    monkeypatch.setattr(spool_module.Spool, "append", spy)
+    sink = TestSink(free_port())
+    encode = sink.request
+
+    def spy_request(channel: str, items: list[Item]) -> Prepared:
+        threads.add(threading.current_thread().name)
+        return encode(channel, items)
+
+    sink.request = spy_request  # type: ignore[method-assign]
+    d = delivery(sink.port, tmp_path, sink=sink, spool_after=1)
+    d.start()
+    d.submit(record(0))
+    await until(lambda: d.stats.spooled == 1)
+    await d.aclose(timeout=0.2)
+    assert threads and all(name.startswith("llmitm-export") for name in threads), threads

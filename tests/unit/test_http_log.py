@@ -15,6 +15,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from exporters import http_log
 from exporters.http_log import HttpLogConfig, HttpLogSink, QueueConfig, from_config
 from exporters.record import AIInfo, CallRecord
 from exporters.sink import Item, Verdict
@@ -210,6 +211,20 @@ def test_body_shape_follows_kongs_queue(max_batch_size: int, count: int, shape: 
         assert isinstance(body, list) and [b["id"] for b in body] == [r.id for r in recs]
 
 
+def test_a_batch_over_the_byte_cap_carries_what_fits() -> None:
+    s = sink(queue={"max_batch_size": 100})
+    big = {"messages": [{"role": "user", "content": "w" * 500_000}]}
+    recs = [
+        record(ai(request_payload=big), id=f"01890a5d-ac96-774b-bcce-{i:012d}") for i in range(20)
+    ]
+    items = [i for r in recs for i in s.items(r)]  # 20 records of about 0.5 MB
+    prepared = s.request("log", items)
+    assert len(prepared.body) <= http_log.MAX_REQUEST_BYTES
+    body = json.loads(prepared.body)
+    assert prepared.count == len(body) and 1 <= len(body) < 20
+    assert [b["id"] for b in body] == [r.id for r in recs[: len(body)]]
+
+
 @pytest.mark.parametrize(
     "settings, method, content_type",
     [
@@ -267,7 +282,34 @@ ITEMS = [Item("log", {"n": i}) for i in range(2)]
         (503, {}, Verdict(retry=ITEMS, reason="HTTP 503")),
         (408, {}, Verdict(retry=ITEMS, reason="HTTP 408")),
         (400, {}, Verdict(dropped=ITEMS, reason="HTTP 400: bad")),
-        (401, {}, Verdict(dropped=ITEMS, reason="HTTP 401: bad")),
+        (422, {}, Verdict(dropped=ITEMS, reason="HTTP 422: bad")),
+        # the endpoint refuses the settings: kept for a fixed config
+        (401, {}, Verdict(retry=ITEMS, hold=True, reason="HTTP 401: bad (check headers)")),
+        (
+            404,
+            {},
+            Verdict(
+                retry=ITEMS, hold=True, reason="HTTP 404: bad (check http_endpoint and method)"
+            ),
+        ),
+        (
+            405,
+            {},
+            Verdict(
+                retry=ITEMS, hold=True, reason="HTTP 405: bad (check http_endpoint and method)"
+            ),
+        ),
+        (
+            302,
+            {"location": "/login"},
+            Verdict(
+                retry=ITEMS,
+                hold=True,
+                reason="HTTP 302: redirected to /login (check http_endpoint and method)",
+            ),
+        ),
+        # too large: split by the delivery
+        (413, {}, Verdict(retry=ITEMS, too_large=True, reason="HTTP 413: bad")),
     ],
 )
 def test_verdict(status: int, headers: dict[str, str], expected: Verdict) -> None:
@@ -294,8 +336,9 @@ def test_config_defaults_are_kongs() -> None:
         10_000,
         None,
     )
+    # Kong's max_retry_time is 60: llmitm keeps failing entries (in the spool) by default
     assert (q.max_retry_time, q.initial_retry_delay, q.max_retry_delay, q.concurrency_limit) == (
-        60,
+        None,
         0.01,
         60,
         1,
@@ -418,9 +461,11 @@ def test_log_server_faults_and_basic_auth(log_server: FakeUpstream) -> None:
     assert send(s, items).dropped == items
     assert send(s, items) == Verdict()
     assert fake.errors == [] and len(fake.records) == 1
-    # without the credentials the server refuses (the fake checks them)
+    # without the credentials the server refuses (the fake checks them): the records
+    # are kept for a fixed config
     bare = from_config(HttpLogConfig(http_endpoint=f"{log_server.url}/in"), "k")
-    assert send(bare, items).dropped == items
+    refused = send(bare, items)
+    assert refused.hold and refused.retry == items and refused.dropped == []
 
 
 def test_log_server_rejects_what_is_not_a_record(log_server: FakeUpstream) -> None:

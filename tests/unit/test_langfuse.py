@@ -26,6 +26,7 @@ import pytest
 from pydantic import ValidationError
 
 from exporters import langfuse as lf
+from exporters.http_delivery import HttpDelivery
 from exporters.langfuse import (
     INGESTION,
     OTEL,
@@ -35,7 +36,7 @@ from exporters.langfuse import (
     resolve_endpoint,
 )
 from exporters.record import AIInfo, CallRecord
-from exporters.sink import Item
+from exporters.sink import Item, Verdict
 from providers.base import Usage
 from tests.fakes.langfuse import (
     ISO_Z,
@@ -774,11 +775,35 @@ def test_a_batch_over_the_ingestion_size_limit_is_cut() -> None:
     sent = json.loads(prepared.body)["batch"]
     assert len(prepared.body) <= lf.INGESTION_MAX_BYTES
     assert 1 <= len(sent) < len(items)
+    # the request says how many it carries: the delivery sends the rest next, at once
+    assert prepared.count == len(sent)
     assert [e["id"] for e in sent] == [it.data["id"] for it in items[: len(sent)]]
-    # Langfuse's 207 covers what was sent: the rest is sent again, nothing is lost
+    # the verdict is about what was sent: Langfuse's 207 covers all of it
     answer = {"successes": [{"id": e["id"], "status": 201} for e in sent], "errors": []}
-    v = sink.verdict(items, 207, {}, json.dumps(answer).encode())
-    assert v.retry == items[len(sent) :] and v.dropped == []
+    v = sink.verdict(items[: len(sent)], 207, {}, json.dumps(answer).encode())
+    assert v == Verdict()
+
+
+def test_an_otel_batch_over_the_byte_cap_carries_what_fits() -> None:
+    sink = otel_sink()
+    text = "z" * 900_000
+    recs = [
+        record(
+            ai(
+                request_payload={"messages": [{"role": "user", "content": text}]},
+                response_payload=CHAT_RESPONSE,
+            ),
+            id=f"01890a5d-ac96-774b-bcce-b3020{i:07d}",
+        )
+        for i in range(8)
+    ]
+    items = [it for r in recs for it in sink.items(r)]  # 8 spans of about 0.9 MB
+    prepared = sink.request(OTEL, items)
+    assert prepared.count is not None and 1 <= prepared.count < len(items)
+    decoded = decode_otlp(prepared.body, {k.lower(): v for k, v in prepared.headers.items()})
+    assert sum(len(rs["spans"]) for rs in decoded) == prepared.count
+    assert len(gzip.decompress(prepared.body)) <= lf.OTEL_MAX_BYTES
+    assert sink.request(OTEL, items[:2]).count == 2
 
 
 # ------------------------------------------------------------------ verdicts
@@ -813,7 +838,8 @@ def _multi(successes: list[str], errors: list[tuple[str, int]]) -> bytes:
         (207, {}, _multi(["ev-0", "ev-2"], []), [1], [], None),
         (503, {"retry-after": "2"}, b"", [0, 1, 2], [], 2.0),
         (429, {}, b"", [0, 1, 2], [], None),
-        (401, {}, b'{"message":"Invalid credentials"}', [], [0, 1, 2], None),
+        # wrong keys: kept for a fixed config (`hold`, below)
+        (401, {}, b'{"message":"Invalid credentials"}', [0, 1, 2], [], None),
         (400, {}, b'{"message":"bad"}', [], [0, 1, 2], None),
     ],
 )
@@ -830,8 +856,11 @@ def test_ingestion_verdicts(
     assert v.retry == [items[i] for i in retry]
     assert v.dropped == [items[i] for i in dropped]
     assert v.retry_after == retry_after
+    assert v.hold == (status == 401)
     if retry or dropped:
         assert v.reason
+    if status == 401:
+        assert "langfuse_public_key and langfuse_secret_key" in v.reason
 
 
 @pytest.mark.parametrize(
@@ -843,8 +872,9 @@ def test_ingestion_verdicts(
         (500, {}, b"", "retry", None),
         (502, {}, b"", "retry", None),
         (400, {}, b'{"message":"bad"}', "dropped", None),
-        (401, {}, b"", "dropped", None),
-        (413, {}, b"", "dropped", None),
+        (401, {}, b"", "held", None),
+        (404, {}, b"", "held", None),
+        (413, {}, b"", "split", None),
     ],
 )
 def test_otel_verdicts(
@@ -852,8 +882,9 @@ def test_otel_verdicts(
 ) -> None:
     items = _items(2, OTEL)
     v = otel_sink().verdict(items, status, headers, body)
-    assert v.retry == (items if outcome == "retry" else [])
+    assert v.retry == (items if outcome in ("retry", "held", "split") else [])
     assert v.dropped == (items if outcome == "dropped" else [])
+    assert (v.hold, v.too_large) == (outcome == "held", outcome == "split")
     assert v.retry_after == retry_after
 
 
@@ -1046,15 +1077,45 @@ async def test_ingestion_207_retries_only_the_failed_events(
     assert_no_secret_outside_auth(fake)
 
 
-async def test_wrong_keys_are_dropped_not_retried_forever(
+async def test_wrong_keys_keep_the_calls_until_the_keys_are_fixed(
     fake: FakeLangfuse, tmp_path: Path
 ) -> None:
+    """Langfuse refuses the keys: the spans are kept (spooled), not dropped, and tried
+    again only at the longest delay. A config with the right keys (a new delivery on
+    the same spool, as a reload makes) sends them."""
     cfg = config(langfuse_endpoint=fake.url, langfuse_secret_key="sk-lf-wrong")
-    d = _delivery(LangfuseSink(cfg, "wrong-keys"), tmp_path)
-    d.start()
-    d.submit(_records(1)[0])
-    await until(lambda: d.stats.dropped == 1)
-    await d.aclose()
-    assert fake.spans == [] and [r.headers["authorization"] for r in fake.received] == [
-        basic(PK, "sk-lf-wrong")
+    wrong = HttpDelivery(
+        LangfuseSink(cfg, "keys"),
+        tmp_path,
+        linger=0.01,
+        initial_retry_delay=0.01,
+        max_retry_delay=0.5,
+        spool_name="ai-tracing@global",
+    )
+    wrong.start()
+    recs = _records(3)
+    for r in recs:
+        wrong.submit(r)
+    await until(lambda: wrong.stats.spooled == 3)
+    await asyncio.sleep(0.3)
+    assert wrong.stats.dropped == 0 and wrong.stats.misconfigured
+    assert wrong.stats.refused_requests == len(fake.received) == 1  # no retry storm
+    assert fake.spans == []
+    closing = asyncio.get_running_loop().create_task(wrong.aclose(timeout=1))
+    right = HttpDelivery(
+        LangfuseSink(config(langfuse_endpoint=fake.url), "keys"),
+        tmp_path,
+        linger=0.01,
+        spool_name="ai-tracing@global",
+        after=closing,
+    )
+    right.start()
+    await until(lambda: len(fake.spans) == 3)
+    await right.aclose()
+    assert sorted(s["trace_id"] for s in fake.spans) == sorted(r.id.replace("-", "") for r in recs)
+    assert right.depth == 0 and right.stats.sent == 3 and not right.stats.misconfigured
+    assert [r.headers["authorization"] for r in fake.received] == [
+        basic(PK, "sk-lf-wrong"),
+        basic(PK, "sk-lf-wrong"),  # the old delivery's one more try, at its shutdown
+        basic(PK, SK),
     ]

@@ -465,6 +465,8 @@ def test_status() -> None:
             "dropped": 1,
             "depth": 2,
             "failed": 0,
+            "refused": 0,
+            "misconfigured": 0,
         }
     }
     assert total(scrape(m), "llmitm_config_routes") == 3

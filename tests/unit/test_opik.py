@@ -783,6 +783,27 @@ def test_a_batch_of_1000_is_one_valid_request() -> None:
     assert batch_problems("spans", body) == []
 
 
+def test_a_batch_over_the_byte_cap_carries_what_fits() -> None:
+    """1000 spans of ~0.2 MB each are ~200 MB: Opik's SDK keeps a batch under 5 MB of
+    JSON, so do we. The request carries the first spans that fit, says how many, and
+    the delivery sends the others next."""
+    s = sink()
+    big = {**CHAT_REQUEST, "messages": [{"role": "user", "content": "x" * 200_000}]}
+    _, span = s.items(record(ai(request_payload=big)))
+    prepared = s.request("spans", [span] * 1000)
+    body = gzip.decompress(prepared.body)
+    assert len(body) <= opik.MAX_BATCH_BYTES
+    sent = json.loads(body)["spans"]
+    assert prepared.count == len(sent) and 20 <= len(sent) < 30
+    assert batch_problems("spans", {"spans": sent}) == []
+    # one entry larger than the cap is still sent (alone): Opik says whether it fits
+    huge = {**CHAT_REQUEST, "messages": [{"role": "user", "content": "y" * 6_000_000}]}
+    _, alone = s.items(record(ai(request_payload=huge)))
+    assert s.request("spans", [alone, span]).count == 1
+    # a batch that fits is sent whole
+    assert s.request("spans", [span] * 3).count == 3
+
+
 def test_unknown_channel_is_refused() -> None:
     with pytest.raises(ValueError, match="feedback"):
         sink().request("feedback", [Item("feedback", {})])
@@ -807,16 +828,27 @@ def _items() -> list[Item]:
         (503, {"Retry-After": "2"}, b"", "retry", 2.0, "503"),
         (500, {}, b"", "retry", None, "500"),
         (408, {}, b"", "retry", None, "408"),
-        (401, {}, b'{"code":401,"message":"User not allowed"}', "dropped", None, "opik_api_key"),
-        (403, {}, b'{"code":403,"message":"no permission"}', "dropped", None, "opik_workspace"),
-        (413, {}, b"", "dropped", None, "too large"),
+        # the settings are wrong (key, workspace, URL): kept for a fixed config
+        (401, {}, b'{"code":401,"message":"User not allowed"}', "held", None, "opik_api_key"),
+        (403, {}, b'{"code":403,"message":"no permission"}', "held", None, "opik_workspace"),
+        (404, {}, b"Not Found", "held", None, "http_endpoint"),
         (
             301,
             {"location": "https://x/opik/api/v1/private/traces/batch"},
             b"",
-            "dropped",
+            "held",
             None,
             "https://x/opik/api",
+        ),
+        # too large: split
+        (413, {}, b"", "split", None, "too large"),
+        (
+            422,
+            {},
+            b'{"errors":["Request size exceeds the maximum allowed size of 20MB"]}',
+            "split",
+            None,
+            "too large",
         ),
         (
             422,
@@ -839,10 +871,12 @@ def test_verdicts(
 ) -> None:
     items = _items()
     v = sink().verdict(items, status, headers, body)
-    assert (v.retry, v.dropped) == {
-        "delivered": ([], []),
-        "retry": (items, []),
-        "dropped": ([], items),
+    assert (v.retry, v.dropped, v.hold, v.too_large) == {
+        "delivered": ([], [], False, False),
+        "retry": (items, [], False, False),
+        "held": (items, [], True, False),
+        "split": (items, [], False, True),
+        "dropped": ([], items, False, False),
     }[outcome]
     assert v.retry_after == retry_after
     assert reason in v.reason

@@ -805,6 +805,23 @@ def test_request_batches_spans_with_the_resource_and_credentials() -> None:
     assert TOKEN.encode() not in prepared.body
 
 
+def test_a_batch_over_the_byte_cap_carries_what_fits() -> None:
+    s = sink()
+    big = {"messages": [{"role": "user", "content": "q" * 700_000}]}
+    recs = [
+        record(ai(request_payload=big), id=f"01890a5d-ac96-774b-bcce-b302099a80{i:02d}")
+        for i in range(10)
+    ]
+    items = [i for r in recs for i in s.items(r)]  # 10 spans of about 0.7 MB
+    prepared = s.request("otlp", items)
+    assert len(prepared.body) <= otlp.MAX_REQUEST_BYTES
+    (rs,) = decode(prepared.body).resource_spans
+    sent = [attributes(sp.attributes)["llmitm.record_id"] for sp in rs.scope_spans[0].spans]
+    assert prepared.count == len(sent) and 1 <= len(sent) < 10
+    assert sent == [r.id for r in recs[: len(sent)]]  # the first ones, in order
+    assert s.request("otlp", items[:2]).count == 2
+
+
 def test_default_resource() -> None:
     resource = sink().resource
     assert resource["service.name"] == "llmitm"
@@ -866,12 +883,30 @@ ITEMS = [Item("otlp", {"n": i}) for i in range(3)]
             status_body(3, "invalid span"),
             Verdict(dropped=ITEMS, reason="HTTP 400: invalid span"),
         ),
+        # a wrong token or URL: the spans are kept for a fixed config
         (
             401,
             {},
             b"unauthorized",
-            Verdict(dropped=ITEMS, reason="HTTP 401: unauthorized"),
+            Verdict(retry=ITEMS, hold=True, reason="HTTP 401: unauthorized (check headers)"),
         ),
+        (
+            404,
+            {},
+            b"",
+            Verdict(retry=ITEMS, hold=True, reason="HTTP 404 (check traces_endpoint)"),
+        ),
+        (
+            308,
+            {"location": "https://c.test/v1/traces"},
+            b"",
+            Verdict(
+                retry=ITEMS,
+                hold=True,
+                reason="HTTP 308: redirected to https://c.test/v1/traces (check traces_endpoint)",
+            ),
+        ),
+        (408, {}, b"", Verdict(retry=ITEMS, reason="HTTP 408")),
         (
             429,
             {"retry-after": "3"},
@@ -890,7 +925,8 @@ ITEMS = [Item("otlp", {"n": i}) for i in range(3)]
         (500, {}, status_body(13, "internal"), Verdict(retry=ITEMS, reason="HTTP 500: internal")),
         # every other 4xx and 5xx would fail again
         (501, {}, b"", Verdict(dropped=ITEMS, reason="HTTP 501")),
-        (413, {}, b"", Verdict(dropped=ITEMS, reason="HTTP 413")),
+        # too large: the delivery splits the batch
+        (413, {}, b"", Verdict(retry=ITEMS, too_large=True, reason="HTTP 413")),
     ],
 )
 def test_verdict(status: int, headers: dict[str, str], body: bytes, expected: Verdict) -> None:
@@ -906,7 +942,8 @@ def test_config_defaults_are_kongs() -> None:
     assert c.queue.max_batch_size == 200
     assert c.queue.max_coalescing_delay == 1
     assert c.queue.max_entries == 10_000
-    assert c.queue.max_retry_time == 60
+    # Kong gives up on a batch after 60 s; llmitm keeps it (in the spool) by default
+    assert c.queue.max_retry_time is None
     assert c.queue.initial_retry_delay == 0.01
     assert c.queue.max_retry_delay == 60
     s = OtlpSink(c, "k")
@@ -1150,7 +1187,7 @@ def test_integers_beyond_int64_are_left_out() -> None:
     ],
 )
 def test_error_body_readings(headers: dict[str, str], body: bytes, reason: str) -> None:
-    assert sink().verdict(ITEMS, 403, headers, body).reason == reason
+    assert sink().verdict(ITEMS, 403, headers, body).reason == f"{reason} (check headers)"
 
 
 def test_request_parameters_and_response_id_without_payloads() -> None:

@@ -59,16 +59,30 @@ def test_the_disk_cap_refuses_what_does_not_fit(tmp_path: Path) -> None:
     assert drain(s) == list(range(kept))
 
 
-def test_a_corrupt_line_is_returned_not_fatal(tmp_path: Path) -> None:
+def test_a_corrupt_line_is_none_in_its_place_not_fatal(tmp_path: Path) -> None:
     s = Spool(tmp_path)
     s.append([{"n": 1}])
     seg = next(tmp_path.glob("*.jsonl"))
     with open(seg, "ab") as f:
-        f.write(b"{not json\n")
+        f.write(b"{not json\n[1, 2]\n")  # not JSON; JSON but not an item
     s2 = Spool(tmp_path)
     s2.append([{"n": 3}])
-    items = s2.peek(10)
-    assert items[0] == {"n": 1} and "corrupt" in items[1] and items[2] == {"n": 3}
+    assert s2.pending == 4
+    assert s2.peek(10) == [{"n": 1}, None, None, {"n": 3}]
+    s2.advance(4)
+    assert s2.pending == 0 and s2.peek(10) == []
+
+
+def test_a_line_cut_short_by_a_crash_does_not_swallow_the_next_item(tmp_path: Path) -> None:
+    s = Spool(tmp_path)
+    s.append([{"n": 1}])
+    seg = next(tmp_path.glob("*.jsonl"))
+    with open(seg, "ab") as f:
+        f.write(b'{"n": 2, "pa')  # the process died in the middle of this append
+    again = Spool(tmp_path)
+    assert again.load() == 2  # the cut line counts: the caller skips it
+    again.append([{"n": 3}])
+    assert again.peek(10) == [{"n": 1}, None, {"n": 3}]
 
 
 def test_integers_beyond_64_bits_are_kept(tmp_path: Path) -> None:
