@@ -3,7 +3,8 @@
     mitmdump -s addons/gateway.py --set llmitm_config=configs/quickstart.yaml \\
         --mode reverse:http://127.0.0.1:9@127.0.0.1:8000 --set connection_strategy=lazy
 
-The chain, in the order mitmproxy calls it for each flow:
+The chain, in the order its parts run for each flow (mitmproxy sees one addon,
+`addons.dispatch.Chain`, which calls each part that has the hook):
 
     ConfigWatch   loads llmitm_config and reloads it on change
     Router        matches the route (Kong semantics); 404 when none in reverse mode
@@ -37,6 +38,7 @@ from addons import policies
 from addons.ai_proxy import AIProxy
 from addons.config_watch import ConfigWatch
 from addons.contentview import ContentviewAddon
+from addons.dispatch import Chain
 from addons.observe import Observe
 from addons.policies._counters import close_all as close_counters
 from addons.recorder import Recorder
@@ -115,4 +117,5 @@ for _name in ("httpx", "httpcore", "hpack", "aiohttp"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 gateway = Gateway()
-addons = chain(gateway)
+# one addon for mitmproxy, dispatching to the parts above (addons/dispatch.py)
+addons = [Chain(chain(gateway))]
