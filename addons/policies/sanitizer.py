@@ -67,6 +67,8 @@ from providers.base import ProviderError
 from providers.options import Strict
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mitmproxy import http
 
     from addons.calls import Call
@@ -584,6 +586,10 @@ class Policy(PolicyAddon):
             call.stream_filters.append(StreamFilter(state, True, stop, call))
         else:  # a JSON array stream (Gemini without alt=sse), binary event streams
             log.debug("llmitm: ai-sanitizer cannot rewrite a %s stream", ctype or "untyped")
+        if state.output is not None:
+            # the record's copy of the answer is assembled from the upstream's stream,
+            # before the filters: mask its findings there too
+            call.on_finish.append(_masked_record(state.output))
 
     def response(self, flow: http.HTTPFlow) -> None:
         """A whole answer's own findings masked (OUTPUT, BOTH), and the record's copy too."""
@@ -653,6 +659,20 @@ class Policy(PolicyAddon):
             return None
         resp.content = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
         return doc
+
+
+def _masked_record(output: Masker) -> Callable[[Call, Any], None]:
+    """An on_finish callback: the answer's own findings masked in the record's payload,
+    with the placeholders the client got (the masker maps a finding to one)."""
+
+    def mask(call: Call, record: Any) -> None:
+        ai = getattr(record, "ai", None)
+        if ai is None or ai.response_payload is None:
+            return
+        output.deadline = time.monotonic() + output.detector.timeout
+        rewrite_strings(ai.response_payload, None, output)
+
+    return mask
 
 
 def _answer_error(reason: str) -> ProviderError:

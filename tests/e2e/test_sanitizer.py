@@ -34,7 +34,9 @@ EMAIL = "jane.roe@example.com"
 CARD = "4111 1111 1111 1111"
 KEY = "sk-proj-" + "Zy9xW8vU7tS6rQ5pO4nM3lK2jI1hG0fE"
 IBAN = "DE89 3704 0044 0532 0130 00"
-VALUES = (EMAIL, CARD, KEY, IBAN, "4111111111111111", "DE89370400440532013000")
+# what a model writes by itself (the OUTPUT mode masks it)
+LEAKED = "leaked.person@example.net"
+VALUES = (EMAIL, CARD, KEY, IBAN, "4111111111111111", "DE89370400440532013000", LEAKED)
 PROMPT = f"I am {EMAIL}, my card is {CARD}, my key {KEY} and my IBAN {IBAN}."
 
 ROUTE = """
@@ -71,6 +73,7 @@ services:
         + route("chat", "{}")
         + route("block", "{block_if_detected: true}")
         + route("kept", "{recover_redacted: false}")
+        + route("output", "{sanitization_mode: OUTPUT}")
         + route("mock", "{}", "{provider: mock, name: mock-gpt}")
         + """
       - name: embeddings
@@ -238,6 +241,28 @@ def test_streamed_answer(gw: Gateway, fake: FakeUpstream) -> None:
     assert ai(rec)["meta"]["request_mode"] == "stream"
     assert ai(rec)["payload"]["response"]["choices"][0]["message"]["content"] == "".join(words)
     assert not any(v in json.dumps(rec) for v in VALUES)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_output_mode_masks_the_model_s_own_findings_for_the_client_and_the_record(
+    gw: Gateway, fake: FakeUpstream, stream: bool
+) -> None:
+    words = ["Write to ", "leaked.per", "son@example", ".net today."]
+    if stream:
+        fake.reply(Reply.sse(rechunk(chat_stream(words), 5)))
+    else:
+        fake.reply(Reply.json(chat_completion("".join(words))))
+    c = client(gw, "output").chat.completions
+    messages = [{"role": "user", "content": "Whom should I write to?"}]
+    if stream:
+        chunks = list(c.create(model="gpt-4o-mini", messages=messages, stream=True))
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    else:
+        text = c.create(model="gpt-4o-mini", messages=messages).choices[0].message.content
+    assert text == "Write to <EMAIL_1> today."
+    rec = record(gw)
+    assert ai(rec)["payload"]["response"]["choices"][0]["message"]["content"] == text
+    assert LEAKED not in json.dumps(rec)
 
 
 def test_block_if_detected(gw: Gateway, fake: FakeUpstream) -> None:
