@@ -38,6 +38,7 @@ from providers.base import (
     RouteType,
     StreamTranslator,
     UpstreamRequest,
+    generic_error,
 )
 from providers.openai import OpenAIStream
 
@@ -58,6 +59,9 @@ _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie
 _CLIENT_AUTH = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
 
 RELAY_MARK = "x-llmitm-relay"
+# Whole answers larger than this are parsed in a worker thread (providers' parsers are
+# pure): a 100 MB embeddings answer must not stall every other flow.
+_PARSE_OFF_LOOP_BYTES = 1 << 20
 
 T = TypeVar("T")
 
@@ -328,7 +332,11 @@ class AIProxy:
 
         if resp.status >= 400:
             call.upstream_ended = call.upstream_headers
-            err = provider.parse_error(resp.status, resp.header_dict(), resp.body)
+            try:
+                err = provider.parse_error(resp.status, resp.header_dict(), resp.body)
+            except Exception:  # an adapter's bug must not turn the upstream's status into 500
+                log.exception("llmitm: %s could not read an error answer", provider.name)
+                err = generic_error(provider.name, resp.status, resp.header_dict(), resp.body)
             call.fail(err, "upstream")
             if passthrough:  # untouched, as the upstream sent it
                 flow.response = http.Response.make(
@@ -364,12 +372,22 @@ class AIProxy:
             # preserve and native routes: the client gets the upstream's answer as it is
 
         call.upstream_ended = now()
+        args = (provider, spec, resp.status, resp.header_dict(), resp.body)
         try:
-            # the same reading as observe mode's (one code path for native answers)
-            reply = parse_passthrough(provider, spec, resp.status, resp.header_dict(), resp.body)
+            # the same reading as observe mode's (one code path for native answers); a
+            # large answer (a batch of embeddings) is read off the event loop
+            if len(resp.body) > _PARSE_OFF_LOOP_BYTES:
+                reply = await asyncio.to_thread(parse_passthrough, *args)
+            else:
+                reply = parse_passthrough(*args)
         except ProviderError:
             call.error_source = "upstream"
             raise
+        except RecursionError:
+            call.error_source = "upstream"
+            raise ProviderError(
+                502, f"{provider.name}: the upstream answer is nested too deeply to read"
+            ) from None
         call.usage = reply.usage
         call.response_model = reply.model
         call.finish_reason = _finish_reason(reply.data)

@@ -404,6 +404,46 @@ def test_embeddings(gw: Gateway, fake: FakeUpstream, client: openai.OpenAI) -> N
     assert usage["prompt_tokens"] == 2 and usage["completion_tokens"] == 0
 
 
+def test_a_large_embeddings_answer_comes_back_whole(
+    gw: Gateway, fake: FakeUpstream, client: openai.OpenAI
+) -> None:
+    """Over 1 MB, the gateway reads the answer in a worker thread: it must arrive the
+    same, with its usage recorded."""
+    vectors = [[round((i * 3072 + j) / 1e6, 6) for j in range(3072)] for i in range(48)]
+    fake.reply(
+        Reply.json(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": v}
+                    for i, v in enumerate(vectors)
+                ],
+                "model": "text-embedding-3-large",
+                "usage": {"prompt_tokens": 96, "total_tokens": 96},
+            }
+        )
+    )
+    assert len(fake_body := json.dumps(vectors)) > 1 << 20, len(fake_body)
+    out = client.embeddings.create(
+        model="text-embedding-3-small", input=["x"] * 48, encoding_format="float"
+    )
+    assert [d.embedding for d in out.data] == vectors
+    assert my_record(gw)["ai"]["proxy"]["usage"]["prompt_tokens"] == 96
+
+
+def test_an_upstream_answer_nested_too_deeply_is_a_502(
+    gw: Gateway, fake: FakeUpstream, client: openai.OpenAI
+) -> None:
+    fake.reply(Reply(200, {"content-type": "application/json"}, b"[" * 100_000))
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
+    assert err.value.status_code == 502
+    rec = my_record(gw)
+    assert rec["error"]["source"] == "upstream" and rec["response"]["status"] == 502
+
+
 def test_client_model_used_when_route_has_none(gw: Gateway, fake: FakeUpstream) -> None:
     fake.reply(Reply.json(chat_completion(model="gpt-4.1")))
     c = openai.OpenAI(
