@@ -482,9 +482,16 @@ def json_value(text: str) -> Any:
     """`text` as JSON; an answer fenced in a Markdown code block (```json ... ```) is
     read inside its fence. Raises ValueError when it is not JSON."""
     try:
-        return json.loads(text)
+        return _loads(text)
     except ValueError as first:
         fenced = _FENCED.search(text)
         if fenced is None:
             raise first from None
-        return json.loads(fenced.group(1))
+        return _loads(fenced.group(1))
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:  # an LLM's answer nested too deeply: not JSON we can use
+        raise ValueError("the JSON is nested too deeply") from None

@@ -131,7 +131,7 @@ async def _masked(text: str, conf: sanitizer.Config, masker: sanitizer.Masker) -
     JSON body's strings, or the whole text)."""
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = text
     if not isinstance(doc, (dict, list)):  # a text, or a lone JSON scalar: as text
         doc = text

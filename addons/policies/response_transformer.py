@@ -164,7 +164,7 @@ class Policy(PolicyAddon):
         if call.log_payloads:  # the record shows what the client received
             try:
                 call.response_payload = json.loads(todo.body)
-            except ValueError:
+            except (ValueError, RecursionError):
                 call.response_payload = todo.body.decode("utf-8", "replace")
 
 

@@ -823,3 +823,14 @@ async def test_a_body_the_sanitizer_cannot_scan_is_not_sent_to_the_llm(
     assert f.response is not None and f.response.status_code == 500
     assert error_of(f)["code"] == "sanitizer_error"
     assert asked == []
+
+
+def test_an_llm_answer_nested_too_deeply_is_not_json() -> None:
+    """A transformer's LLM answering absurdly deep JSON is a bad answer (ValueError, the
+    plugin's 'could not read' path), not a crash of the request hook."""
+    from addons.policies._llm_call import json_value
+
+    with pytest.raises(ValueError, match="nested too deeply"):
+        json_value("[" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        json_value("```json\n" + "[" * 100_000 + "\n```")
