@@ -25,7 +25,7 @@ from addons import llm_request
 from addons.calls import Call, auth_names, configured_model, now, with_body_context
 from addons.config.plugins import AIProxyConfig
 from addons.errors import from_provider_error
-from addons.observe import parse_passthrough, stream_observer
+from addons.observe import read_passthrough, stream_observer
 from addons.state import Gateway
 from addons.streaming import StreamOwner
 from addons.upstream import HOP_BY_HOP, Timeouts, UpstreamResponse, upstream_failure
@@ -377,9 +377,9 @@ class AIProxy:
             # the same reading as observe mode's (one code path for native answers); a
             # large answer (a batch of embeddings) is read off the event loop
             if len(resp.body) > _PARSE_OFF_LOOP_BYTES:
-                reply = await asyncio.to_thread(parse_passthrough, *args)
+                reply, finish = await asyncio.to_thread(read_passthrough, *args)
             else:
-                reply = parse_passthrough(*args)
+                reply, finish = read_passthrough(*args)
         except ProviderError:
             call.error_source = "upstream"
             raise
@@ -390,7 +390,7 @@ class AIProxy:
             ) from None
         call.usage = reply.usage
         call.response_model = reply.model
-        call.finish_reason = _finish_reason(reply.data)
+        call.finish_reason = finish
         if call.log_payloads:
             call.response_payload = reply.data
         if not passthrough:
@@ -703,10 +703,3 @@ def _too_large(size: int, conf: AIProxyConfig) -> ProviderError:
         "invalid_request_error",
         "request_too_large",
     )
-
-
-def _finish_reason(data: dict[str, Any]) -> str | None:
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        return choices[0].get("finish_reason")
-    return None

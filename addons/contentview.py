@@ -1,27 +1,35 @@
 """A mitmproxy contentview that shows LLM requests and answers as a conversation.
 
-Registered as "LLM" (pick it in mitmweb's or mitmproxy's view menu; it is chosen
-automatically for gateway calls and for requests to known LLM API paths). It renders:
+Registered as "LLM" (pick it in mitmweb's or mitmproxy's view menu). It is chosen
+automatically for the gateway's calls and observed calls (flows the gateway tagged), and
+for LLM API paths on the known LLM API hosts (`addons.llm_hosts`, with
+`llmitm_observe_hosts`); other traffic keeps mitmproxy's own views. It renders:
 
 - requests of every supported format (OpenAI chat, completions, responses and
-  embeddings; Anthropic messages; Gemini; Bedrock Converse; Cohere v1 and v2; Ollama)
-  as turns by role, with tool calls and their arguments, tool results and thinking;
+  embeddings; Anthropic messages, Claude on Vertex AI included; Gemini; Bedrock Converse
+  and InvokeModel; Cohere v1 and v2; Ollama) as turns by role, with tool calls and
+  their arguments, tool results and thinking;
 - answers, whole or streamed (SSE, NDJSON, Gemini's JSON array, Bedrock's binary
   event-stream), as the assistant's turn with its thinking, tool calls, finish reason
   and usage.
 
 Answers are decoded by the provider modules themselves: a whole body goes through the
 provider's `parse_response`, a streamed body is fed whole to its stream translator
-(`stream_translator` / `native_stream_observer`) and its `assembled()` answer is shown.
-Which provider speaks is told by the request's path, else by the answer's first event.
-OpenAI's Responses API has no adapter in `providers/`, so its answer objects are read
-here. Streamed bodies are only kept by mitmproxy with `--set store_streamed_bodies=true`.
+(`stream_translator` / `native_stream_observer`) and its `assembled()` answer is shown;
+OpenAI's Responses API by `providers.openai_responses` (the reader preserve routes and
+observe mode use); a Bedrock InvokeModel stream through the shared event-stream decoder
+and the Bedrock observer (usage, errors), each chunk's model event through its model
+vendor's parser (Anthropic's for Claude). Which provider speaks is told by the
+request's path, else by the answer's first event. A 2xx body that is not the answer the
+path promises is shown as it is, never as an error. Streamed bodies are only kept by
+mitmproxy with `--set store_streamed_bodies=true`.
 
 Nothing here may raise into mitmproxy: anything odd falls back to the body's text.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -33,9 +41,11 @@ from mitmproxy import contentviews, http
 from mitmproxy.contentviews import Contentview, Metadata
 
 import providers
+from addons.llm_hosts import HostTable, operation
 from addons.recorder import request_params
-from providers import eventstream, sse
+from providers import eventstream, openai_responses, sse
 from providers.base import CallSpec, ProviderError, RouteType, Usage
+from providers.bedrock import usage_from_counts
 from providers.options import CohereOptions, ModelOptions
 
 log = logging.getLogger(__name__)
@@ -49,17 +59,24 @@ MAX_TEXT = 20_000  # characters of one text shown before it is cut
 class Kind:
     """Which API a message speaks: the provider module that reads it, and the operation."""
 
-    api: str  # openai, openai-responses, anthropic, gemini, bedrock, cohere-v1, cohere-v2, ollama
+    #: openai, openai-responses, anthropic, gemini, bedrock, bedrock-invoke, cohere-v1,
+    #: cohere-v2, ollama
+    api: str
     route_type: RouteType = RouteType.CHAT
 
     @property
     def provider(self) -> str:
-        return {"openai-responses": "openai", "cohere-v1": "cohere", "cohere-v2": "cohere"}.get(
-            self.api, self.api
-        )
+        return {
+            "openai-responses": "openai",
+            "cohere-v1": "cohere",
+            "cohere-v2": "cohere",
+            "bedrock-invoke": "bedrock",
+        }.get(self.api, self.api)
 
     @property
     def label(self) -> str:
+        if self.api == "bedrock-invoke":
+            return "bedrock invoke"
         op = {
             RouteType.CHAT: "chat",
             RouteType.COMPLETIONS: "completions",
@@ -75,9 +92,14 @@ C, T, E = RouteType.CHAT, RouteType.COMPLETIONS, RouteType.EMBEDDINGS
 _PATHS: list[tuple[re.Pattern[str], Kind]] = [
     (re.compile(r"/v1/messages$"), Kind("anthropic", C)),
     (re.compile(r"/v1/complete$"), Kind("anthropic", T)),
+    (
+        re.compile(r"/publishers/anthropic/models/[^/:]+:(stream)?[rR]awPredict$"),
+        Kind("anthropic", C),
+    ),
     (re.compile(r"/models/[^/:]+:(stream)?[gG]enerateContent$"), Kind("gemini", C)),
     (re.compile(r"/models/[^/:]+:(batch)?[eE]mbedContents?$"), Kind("gemini", E)),
     (re.compile(r"/model/[^/]+/converse(-stream)?$"), Kind("bedrock", C)),
+    (re.compile(r"/model/[^/]+/invoke(-with-response-stream)?$"), Kind("bedrock-invoke", C)),
     (re.compile(r"/v2/chat$"), Kind("cohere-v2", C)),
     (re.compile(r"/v1/chat$"), Kind("cohere-v1", C)),
     (re.compile(r"/v1/generate$"), Kind("cohere-v1", T)),
@@ -220,16 +242,33 @@ def sniff(obj: Any, hint: Kind | None = None) -> Kind | None:
 # ---------------------------------------------------------------- the view
 
 
-def _flow_kind(flow: Any) -> Kind | None:
-    request = getattr(flow, "request", None)
-    if request is None:
-        return None
-    return kind_of_path(request.path)
+#: the LLM API hosts whose LLM paths get this view automatically (observe mode's
+#: table: the built-in hosts and `llmitm_observe_hosts`, set by ContentviewAddon)
+_hosts = HostTable()
+
+
+def set_hosts(table: HostTable) -> None:
+    global _hosts
+    _hosts = table
 
 
 def _is_llm_flow(flow: Any) -> bool:
+    """A flow the gateway called a provider for, or observed (its metadata says so)."""
     meta = getattr(flow, "metadata", None) or {}
     return "llmitm.provider" in meta or "llmitm.record_id" in meta
+
+
+def _on_llm_host(flow: Any) -> bool:
+    """A request to a known LLM API host, on one of its LLM operations (a flow recorded
+    without the gateway, or with observe mode off)."""
+    request = getattr(flow, "request", None)
+    if request is None:
+        return False
+    for host in {request.pretty_host, request.host}:
+        name = _hosts.provider_for(host, request.port)
+        if name is not None and operation(name, request.method, request.path) is not None:
+            return True
+    return False
 
 
 class LLMContentview(Contentview):
@@ -243,7 +282,7 @@ class LLMContentview(Contentview):
             if not data or not isinstance(metadata.http_message, http.Message):
                 return -1
             flow = metadata.flow
-            if _is_llm_flow(flow) or _flow_kind(flow) is not None:
+            if _is_llm_flow(flow) or _on_llm_host(flow):
                 return PRIORITY
             return -1
         except Exception:  # noqa: BLE001 - a view must never raise into mitmproxy
@@ -580,6 +619,10 @@ class Answer:
     usage: Usage | None
     error: str | None = None
     frame: str = "json"
+    #: a 2xx body that is not the answer the kind promises: why (shown as it is)
+    unreadable: str | None = None
+    #: what the label adds (the model vendor of a Bedrock InvokeModel call)
+    detail: str | None = None
 
 
 def _spec(kind: Kind, body: Any, path: str, frame: str) -> CallSpec:
@@ -605,6 +648,10 @@ def _spec(kind: Kind, body: Any, path: str, frame: str) -> CallSpec:
     )
 
 
+def _err(e: ProviderError) -> str:
+    return f"{e.status} {e.type}: {e.message}"
+
+
 def read_answer(
     kind: Kind,
     data: bytes,
@@ -615,13 +662,14 @@ def read_answer(
     frame: str,
 ) -> Answer:
     """The answer of `kind` as an OpenAI-shaped object, by the provider's own code."""
-    if kind.api == "openai-responses":
+    if kind.api == "openai-responses" and status < 400:
         return _responses_answer(data, frame)
+    if kind.api == "bedrock-invoke" and status < 400:
+        return _invoke_answer(data, headers, req_body, path, frame)
     provider = providers.get(kind.provider)
     spec = _spec(kind, req_body, path, frame)
     if status >= 400:
-        err = provider.parse_error(status, headers, data)
-        return Answer({}, None, f"{err.status} {err.type}: {err.message}", frame)
+        return Answer({}, None, _err(provider.parse_error(status, headers, data)), frame)
     if frame != "json":
         if kind.api == "bedrock":
             translator = provider.native_stream_observer(spec)
@@ -631,10 +679,7 @@ def read_answer(
         translator.finish()
         error = translator.error
         return Answer(
-            translator.assembled(),
-            translator.usage,
-            f"{error.status} {error.type}: {error.message}" if error else None,
-            frame,
+            translator.assembled(), translator.usage, _err(error) if error else None, frame
         )
     if kind.api == "gemini" and kind.route_type is E:  # embedContent: one vector, not a batch
         obj = _loads(data)
@@ -645,87 +690,151 @@ def read_answer(
         spec.body = {**spec.body, "input": [t for t in texts if t] or ["?"]}
     try:
         reply = provider.parse_response(spec, status, headers, data)
-    except ProviderError as e:
-        return Answer({}, None, f"{e.status} {e.type}: {e.message}", frame)
+    except ProviderError as e:  # a 2xx body of another shape: not an error of the call
+        return Answer({}, None, None, frame, unreadable=e.message)
     return Answer(reply.data, reply.usage, None, frame)
 
 
 def _responses_answer(data: bytes, frame: str) -> Answer:
-    """OpenAI's Responses API (no adapter in providers/): the final `response` object of
-    the stream (`response.completed`), or the JSON answer, as a chat completion."""
-    response: Any = None
-    deltas: list[str] = []
+    """OpenAI's Responses API, read by `providers.openai_responses` (the reader of
+    preserve routes and observe mode): the stream's final `response`, or the JSON one,
+    as a chat completion."""
     if frame == "sse":
-        dec = sse.SSEDecoder()
-        for ev in [*dec.feed(data), *dec.flush()]:
-            obj = _loads(ev.data) if ev.data else None
-            if not isinstance(obj, dict):
-                continue
-            if isinstance(obj.get("response"), dict):
-                response = obj["response"]  # created, in_progress, then completed
-            if obj.get("type") == "response.output_text.delta" and isinstance(
-                obj.get("delta"), str
-            ):
-                deltas.append(obj["delta"])
-    else:
-        response = _loads(data)
-    if not isinstance(response, dict):
-        return Answer({}, None, "not a Responses API answer", frame)
-    message: dict[str, Any] = {"role": "assistant", "content": None}
-    texts: list[str] = []
-    calls: list[dict[str, Any]] = []
-    reasoning: list[str] = []
-    for item in response.get("output") or ():
-        if not isinstance(item, dict):
+        stream = openai_responses.ResponsesStream()
+        stream.feed(data)
+        stream.finish()
+        if not stream.response:
+            return Answer({}, None, None, frame, unreadable="no Responses API event")
+        error = stream.error
+        return Answer(stream.assembled(), stream.usage, _err(error) if error else None, frame)
+    reply = openai_responses.parse(data)
+    if reply.data.get("object") != "response" and "output" not in reply.data:
+        return Answer({}, None, None, frame, unreadable="not a Responses API `response` object")
+    return Answer(
+        openai_responses.to_chat(reply.data),
+        reply.usage,
+        openai_responses.error_of(reply.data),
+        frame,
+    )
+
+
+# ---------------------------------------------------------------- Bedrock InvokeModel
+
+#: where the model families' InvokeModel answers put their text and stop reason
+#: (Titan, Llama, Mistral, Cohere, AI21), for the vendors without a parser of their own
+_INVOKE_TEXT = ("outputText", "generation", "completion", "text")
+_INVOKE_LISTS = ("results", "outputs", "generations", "completions")
+_INVOKE_STOP = ("completionReason", "stop_reason", "finish_reason", "stopReason")
+
+
+def _invoke_events(data: bytes) -> tuple[list[dict[str, Any]], str | None]:
+    """The model's own events of an InvokeModelWithResponseStream body (each `chunk`'s
+    base64 `bytes`), decoded with the shared event-stream decoder; and a framing error."""
+    problem = None
+    try:
+        messages = eventstream.EventStreamDecoder().feed(data)
+    except eventstream.EventStreamError as e:
+        messages, problem = e.messages, str(e)
+    events: list[dict[str, Any]] = []
+    for message in messages:
+        if message.event_type != "chunk":
             continue
-        if item.get("type") == "message":
-            for c in item.get("content") or ():
-                if isinstance(c, dict) and isinstance(c.get("text"), str):
-                    texts.append(c["text"])
-                elif isinstance(c, dict) and isinstance(c.get("refusal"), str):
-                    message["refusal"] = c["refusal"]
-        elif item.get("type") == "function_call":
-            calls.append(
-                {
-                    "id": item.get("call_id"),
-                    "type": "function",
-                    "function": {"name": item.get("name"), "arguments": item.get("arguments")},
-                }
+        try:
+            payload = message.json()
+            inner = json.loads(base64.b64decode(payload.get("bytes") or ""))
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if isinstance(inner, dict):
+            events.append(inner)
+    return events, problem
+
+
+def _vendor_text(obj: dict[str, Any]) -> tuple[str, str | None]:
+    """Text and stop reason of one answer (or stream chunk) of a vendor without a parser."""
+    texts: list[str] = []
+    stop = next((obj[k] for k in _INVOKE_STOP if isinstance(obj.get(k), str)), None)
+    for key in _INVOKE_TEXT:
+        if isinstance(obj.get(key), str):
+            texts.append(obj[key])
+    for key in _INVOKE_LISTS:
+        for item in obj.get(key) or ():
+            if isinstance(item, dict):
+                data = item.get("data") if isinstance(item.get("data"), dict) else item
+                text, item_stop = _vendor_text(data)
+                texts.append(text)
+                stop = stop or item_stop
+    return "".join(texts), stop
+
+
+def _invoke_answer(
+    data: bytes, headers: dict[str, str], req_body: Any, path: str, frame: str
+) -> Answer:
+    """Bedrock's InvokeModel: the body is the model vendor's own (Anthropic's Messages
+    API for Claude, streamed as `chunk` events of an event-stream). The vendor's answer
+    is read by its own provider module when it has one (Anthropic, OpenAI's shape), its
+    text otherwise; the usage is Bedrock's (the stream's invocation metrics, read by the
+    Bedrock observer, or the token-count headers)."""
+    bedrock = providers.get("bedrock")
+    spec = _spec(Kind("bedrock-invoke", C), req_body, path, frame)
+    if frame == "eventstream":
+        observer = bedrock.native_stream_observer(spec)  # usage, errors of the stream
+        observer.feed(data)
+        observer.finish()
+        events, problem = _invoke_events(data)
+        vendor = sniff(events[0]) if events else None
+        usage = observer.usage
+        error = _err(observer.error) if observer.error else problem
+        if vendor is not None and vendor.api in ("anthropic", "openai"):
+            translator = providers.get(vendor.provider).stream_translator(
+                _spec(vendor, req_body, path, "sse")
             )
-        elif item.get("type") == "reasoning":
-            reasoning.append(_summary(item))
-    if not texts and deltas:
-        texts = ["".join(deltas)]
-    message["content"] = "".join(texts) or None
-    if reasoning:
-        message["reasoning_content"] = "\n".join(reasoning)
-    if calls:
-        message["tool_calls"] = calls
-    u = response.get("usage")
-    usage = None
-    if isinstance(u, dict):
-        details = u.get("input_tokens_details") or {}
-        out_details = u.get("output_tokens_details") or {}
-        usage = Usage(
-            prompt_tokens=int(u.get("input_tokens") or 0),
-            completion_tokens=int(u.get("output_tokens") or 0),
-            cache_read_tokens=int(details.get("cached_tokens") or 0),
-            reasoning_tokens=int(out_details.get("reasoning_tokens") or 0),
-        )
-    finish = response.get("status")
-    incomplete = response.get("incomplete_details")
-    if isinstance(incomplete, dict) and incomplete.get("reason"):
-        finish = f"{finish} ({incomplete['reason']})"
-    error = response.get("error")
-    answer = {
-        "id": response.get("id"),
-        "model": response.get("model"),
-        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            for event in events:
+                kind = event.get("type")
+                translator.feed(sse.encode(event, kind if isinstance(kind, str) else None))
+            translator.finish()
+            answer = translator.assembled()
+            answer["model"] = answer.get("model") or spec.model
+            return Answer(answer, usage or translator.usage, error, frame, detail=vendor.api)
+        texts, stops = zip(*(_vendor_text(e) for e in events), strict=True) if events else ((), ())
+        stop = next((s for s in reversed(stops) if s), None)
+        return Answer(_chat("".join(texts), stop, spec.model), usage, error, frame)
+    low = {k.lower(): v for k, v in headers.items()}
+    usage = usage_from_counts(
+        low.get("x-amzn-bedrock-input-token-count"),
+        low.get("x-amzn-bedrock-output-token-count"),
+        low.get("x-amzn-bedrock-cache-read-input-token-count"),
+        low.get("x-amzn-bedrock-cache-write-input-token-count"),
+    )
+    obj = _loads(data)
+    if not isinstance(obj, dict):
+        return Answer({}, None, None, frame, unreadable="not a JSON object")
+    vendor = sniff(obj)
+    if vendor is not None and vendor.api in ("anthropic", "openai"):
+        try:
+            reply = providers.get(vendor.provider).parse_response(
+                _spec(vendor, req_body, path, frame), 200, headers, data
+            )
+        except ProviderError as e:
+            return Answer({}, None, None, frame, unreadable=e.message, detail=vendor.api)
+        answer = reply.data
+        answer["model"] = answer.get("model") or spec.model
+        return Answer(answer, usage or reply.usage, None, frame, detail=vendor.api)
+    text, stop = _vendor_text(obj)
+    return Answer(_chat(text, stop, spec.model), usage, None, frame)
+
+
+def _chat(text: str, finish: str | None, model: str | None) -> dict[str, Any]:
+    return {
+        "object": "chat.completion",
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text or None},
+                "finish_reason": finish,
+            }
+        ],
     }
-    err_text = None
-    if isinstance(error, dict):
-        err_text = f"{error.get('code')}: {error.get('message')}"
-    return Answer(answer, usage, err_text, frame)
 
 
 _FRAMES = {
@@ -750,8 +859,8 @@ def render_response(
     frame = framing(data, content_type)
     hint = kind_of_path(path)
     kind = sniff(_first_object(data, frame), hint)
-    if kind is None or (hint is not None and status >= 400):
-        kind = hint
+    if kind is None or (hint is not None and (status >= 400 or hint.api == "bedrock-invoke")):
+        kind = hint  # (an InvokeModel body is the model vendor's: the path says Bedrock)
     if kind is None and provider is not None and status >= 400:
         kind = Kind("openai", C)
     if kind is None:
@@ -760,8 +869,14 @@ def render_response(
         kind = Kind(hint.api, kind.route_type)  # the path tells v1 from v2
     req_body = _loads(req_data) if req_data else None
     answer = read_answer(kind, data, status, headers, req_body, path, frame)
+    label = kind.label + (f" ({answer.detail})" if answer.detail else "")
+    if answer.unreadable is not None:  # say so, and show the body: no made-up error
+        return (
+            f"LLM response · {status} · not an answer of the {label} API "
+            f"({answer.unreadable})\n\n" + _cut(_text(data)) + "\n"
+        )
     d = answer.data
-    head = [f"LLM response · {status}", kind.label]
+    head = [f"LLM response · {status}", label]
     if d.get("model"):
         head.append(f"model {d['model']}")
     head.append(_FRAMES.get(answer.frame, answer.frame))
@@ -849,9 +964,20 @@ def register() -> None:
 
 
 class ContentviewAddon:
-    """Registers the view when the gateway's script loads (a reload replaces it by name)."""
+    """Registers the view when the gateway's script loads (a reload replaces it by name),
+    and keeps its LLM hosts in step with observe mode's `llmitm_observe_hosts`."""
 
     name = "llmitm-contentview"
 
     def load(self, loader: Any) -> None:
         register()
+
+    def configure(self, updated: set[str]) -> None:
+        if "llmitm_observe_hosts" not in updated:
+            return
+        try:
+            from mitmproxy import ctx
+
+            set_hosts(HostTable.from_config(ctx.options.llmitm_observe_hosts))
+        except (AttributeError, KeyError, ValueError):  # no such option, or a bad entry
+            pass  # (observe mode reports a bad entry)

@@ -12,13 +12,25 @@ paths (`/chat/completions`, `/completions`, `/embeddings`, `/responses`) are the
 format on any host (Ollama's `/v1`, Gemini's and Anthropic's OpenAI-compatible
 endpoints), other paths are the provider's own operations. Pure code: no mitmproxy.
 
-    python -m addons.llm_hosts --allow-hosts      # the regex for mitmproxy's allow_hosts
     python -m addons.llm_hosts                    # the table
+    python -m addons.llm_hosts --allow-hosts      # the regex for mitmproxy's allow_hosts
+    python -m addons.llm_hosts --allow-hosts --add llm.internal:8443=openai
+                                                  # ... with a host of your own
+    python -m addons.llm_hosts --ca-bundle ~/.mitmproxy/llmitm-ca-bundle.pem
+                                                  # public roots + mitmproxy's CA, for
+                                                  # SSL_CERT_FILE / REQUESTS_CA_BUNDLE
+
+Why a bundle: `SSL_CERT_FILE` (Python's ssl, httpx, the OpenAI and Anthropic SDKs) and
+`REQUESTS_CA_BUNDLE` *replace* the trust store. Pointed at mitmproxy's CA alone, every
+host mitmproxy does not intercept (all but the LLM hosts, with `allow_hosts`) fails its
+certificate check. The bundle holds certifi's public roots and mitmproxy's CA, so both
+the intercepted LLM hosts and the tunnelled other hosts verify.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -177,6 +189,8 @@ _GEMINI_OPS = {
 _BEDROCK_OP = re.compile(
     r"/model/[^/]+/(converse|converse-stream|invoke|invoke-with-response-stream)/?$"
 )
+#: Claude on Vertex AI: Anthropic's Messages API behind Vertex's predict operations
+_VERTEX_ANTHROPIC_OP = re.compile(r"/publishers/anthropic/models/[^/:?]+:(?:stream)?[rR]awPredict$")
 
 _NATIVE_OPS: dict[str, dict[str, str]] = {
     "anthropic": {"/v1/messages": "llm/v1/chat", "/v1/complete": "llm/v1/completions"},
@@ -202,6 +216,9 @@ class Operation:
     format: str
     #: a RouteType value ("llm/v1/chat", ...) or RESPONSES
     kind: str
+    #: the provider whose native format the request speaks, when it is not the host's
+    #: (Claude on Vertex AI speaks Anthropic's Messages API on Google's hosts)
+    provider: str | None = None
 
 
 def operation(provider: str, method: str, path: str) -> Operation | None:
@@ -214,6 +231,8 @@ def operation(provider: str, method: str, path: str) -> Operation | None:
         if p.endswith(suffix):
             return Operation("openai", kind)
     if provider == "gemini":
+        if _VERTEX_ANTHROPIC_OP.search(p):
+            return Operation("native", "llm/v1/chat", "anthropic")
         m = _GEMINI_OP.search(p)
         kind = _GEMINI_OPS.get(m.group(1)) if m else None
         return Operation("native", kind) if kind else None
@@ -224,6 +243,34 @@ def operation(provider: str, method: str, path: str) -> Operation | None:
 
 
 # ------------------------------------------------------------------ the command
+
+#: the certificate mitmproxy writes to its confdir (its CA, without the key)
+CA_CERT = "mitmproxy-ca-cert.pem"
+
+
+def write_ca_bundle(path: str, confdir: str = "~/.mitmproxy") -> str:
+    """Write certifi's public roots followed by mitmproxy's CA to `path` (atomically);
+    returns the path written. ValueError when mitmproxy has no CA there yet."""
+    import certifi  # httpx's own dependency
+
+    ca_path = os.path.join(os.path.expanduser(confdir), CA_CERT)
+    try:
+        with open(ca_path, "rb") as f:
+            ca = f.read()
+    except FileNotFoundError:
+        raise ValueError(
+            f"no mitmproxy CA at {ca_path}: run mitmdump (or mitmweb) once, it creates it"
+        ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in ca:
+        raise ValueError(f"{ca_path} holds no PEM certificate")
+    with open(certifi.where(), "rb") as f:
+        roots = f.read()
+    target = os.path.abspath(os.path.expanduser(path))
+    tmp = f"{target}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(roots.rstrip(b"\n") + b"\n\n# mitmproxy (llmitm observe mode)\n" + ca)
+    os.replace(tmp, target)
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -243,11 +290,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="HOST=PROVIDER",
         help="an extra entry, as for --set llmitm_observe_hosts (repeatable)",
     )
+    parser.add_argument(
+        "--ca-bundle",
+        metavar="PATH",
+        help="write a CA bundle (certifi's public roots + mitmproxy's CA) to PATH, for "
+        "SSL_CERT_FILE and REQUESTS_CA_BUNDLE",
+    )
+    parser.add_argument(
+        "--confdir",
+        default="~/.mitmproxy",
+        help="mitmproxy's confdir, where its CA is (default: ~/.mitmproxy)",
+    )
     args = parser.parse_args(argv)
     try:
         table = HostTable.from_config(args.add)
     except ValueError as e:
         parser.error(str(e))
+    if args.ca_bundle:
+        try:
+            path = write_ca_bundle(args.ca_bundle, args.confdir)
+        except (OSError, ValueError) as e:
+            print(f"llm_hosts: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote {path}: the public roots and mitmproxy's CA. Trust it with:")
+        print(f'    export SSL_CERT_FILE="{path}" REQUESTS_CA_BUNDLE="{path}"')
+        return 0
     if args.allow_hosts:
         print(table.allow_hosts())
         return 0

@@ -9,26 +9,44 @@ Nothing is changed on the wire: requests and answers pass byte for byte, and a s
 answer is forwarded chunk by chunk as it arrives; the stream owner of `addons.streaming`
 (passthrough) watches it through the provider's own observer, decoding the response's
 content-encoding for the observer only. What a call is observed with is what a
-`preserve` route or a native `llm_format` route uses (`stream_observer`,
-`parse_passthrough`): the provider modules' native parsers, no second parser per format.
+`preserve` route or a native `llm_format` route uses: `stream_observer` and
+`read_passthrough` (`parse_passthrough` + `passthrough_finish`), defined here and called
+by `AIProxy` too, which pick the provider modules' native parsers (and
+`providers.openai_responses` for OpenAI's Responses API): no second parser per format.
+
+The event loop serves every flow: a request or a whole answer larger than
+`OFF_LOOP_BYTES` (a long document, images, a batch of embeddings) is decoded and read in
+a thread, and a whole answer is parsed once (its parsed body is the record's payload); a
+large one with orjson, by the provider's usage reader (`_read_large`): a JSON parser
+holds the GIL, so a thread hides decompression but not parsing, and orjson parses a
+15 MB batch of embeddings in a quarter of the json module's time.
+
+Cost: the recorder prices a call from `spec.options` as it does a route's calls; for an
+observed call those prices come from `llmitm_observe_prices`, else from the built-in
+price database (`providers.prices`, genai-prices), looked up by the answer's model, then
+the requested one.
 
 Options: `llmitm_observe` (on by default), `llmitm_observe_hosts` (`host[:port]=provider`
 entries added to the built-in table, `host=off` to drop one), `llmitm_observe_payloads`
-(request and answer bodies in the records; on by default, for local debugging).
+(request and answer bodies in the records; on by default, for local debugging),
+`llmitm_observe_prices` (`[provider/]model=input/output[/cache_read[/cache_write]]`, USD
+per 1M tokens, `model=off`). The list options are repeatable (`--set` once per entry).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.utils.asyncio_utils import create_task
 
 import providers
 from addons.calls import Call, context_from_headers, now, with_body_context
@@ -36,7 +54,7 @@ from addons.config.model import GatewayConfig, Route
 from addons.config.plugins import LOG_PLUGINS
 from addons.llm_hosts import RESPONSES, HostTable, Operation, operation
 from addons.streaming import StreamOwner
-from providers import sse
+from providers import openai_responses, prices
 from providers.base import (
     CallSpec,
     Provider,
@@ -45,18 +63,29 @@ from providers.base import (
     RouteType,
     StreamTranslator,
     Usage,
-    as_int,
 )
 from providers.openai import OpenAI
 from providers.options import ModelOptions
+from providers.prices import PriceTable
 
 log = logging.getLogger("llmitm")
 
 ROUTE_NAME = "observed"
 
+#: bodies larger than this are decoded and read in a thread, off the event loop
+OFF_LOOP_BYTES = 1 << 20
+
 #: content types of streamed answers (SSE, NDJSON, AWS event-stream)
 _STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/vnd.amazon.eventstream")
+#: native operations (path suffixes) whose answer is streamed
+_STREAM_OPERATIONS = (
+    ":streamGenerateContent",
+    ":streamRawPredict",
+    "/converse-stream",
+    "/invoke-with-response-stream",
+)
 _AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
+_PATH_MODEL = re.compile(r"/models/([^/:]+):")
 _EMPTY_CONFIG = GatewayConfig(source="", routes=[], global_plugins={}, table=None)
 
 
@@ -64,9 +93,12 @@ _EMPTY_CONFIG = GatewayConfig(source="", routes=[], global_plugins={}, table=Non
 
 
 def stream_observer(provider: Provider, spec: CallSpec) -> StreamTranslator:
-    """The observer of a stream passed through unchanged: a native `llm_format`'s own
-    observer, else the provider's stream translator (whose output is ignored). The
-    same choice as `AIProxy._relay` for preserve and native routes."""
+    """The observer of a stream passed through unchanged: the Responses API's reader for
+    a Responses call, a native `llm_format`'s own observer, else the provider's stream
+    translator (whose output is ignored). `AIProxy._relay` uses it for preserve and
+    native routes, observe mode for what it watches."""
+    if openai_responses.speaks(spec):
+        return openai_responses.ResponsesStream(spec)
     if spec.native:
         return provider.native_stream_observer(spec)
     return provider.stream_translator(spec)
@@ -75,129 +107,105 @@ def stream_observer(provider: Provider, spec: CallSpec) -> StreamTranslator:
 def parse_passthrough(
     provider: Provider, spec: CallSpec, status: int, headers: dict[str, str], body: bytes
 ) -> Reply:
-    """Usage, model and answer of a whole answer passed through unchanged (the same
-    choice as `AIProxy._send`)."""
+    """Usage, model and answer of a whole answer passed through unchanged (`AIProxy._send`
+    and observe mode). A native answer the native parser found no usage in is read
+    once more the way a `preserve` route reads it (Bedrock's InvokeModel: the token
+    counts are in response headers)."""
+    if openai_responses.speaks(spec):
+        return openai_responses.parse(body)
     if spec.native:
-        return provider.parse_native_response(spec, status, headers, body)
+        reply = provider.parse_native_response(spec, status, headers, body)
+        if reply.usage is None:
+            reply.usage = _preserved_usage(provider, spec, status, headers, body)
+        return reply
     return provider.parse_response(spec, status, headers, body)
 
 
-# ------------------------------------------------------------ the Responses API
+def read_passthrough(
+    provider: Provider, spec: CallSpec, status: int, headers: dict[str, str], body: bytes
+) -> tuple[Reply, str | None]:
+    """A whole answer passed through unchanged, as a call record has it: the reply of
+    `parse_passthrough` and the finish reason of `passthrough_finish` (one call, so
+    that both run in the same worker thread for a large answer)."""
+    reply = parse_passthrough(provider, spec, status, headers, body)
+    return reply, passthrough_finish(provider, spec, status, headers, body, reply)
 
 
-def responses_usage(u: Any) -> Usage | None:
-    """The Responses API's `usage` (input/output tokens, cached and reasoning details)."""
-    if not isinstance(u, dict):
+def passthrough_finish(
+    provider: Provider,
+    spec: CallSpec,
+    status: int,
+    headers: dict[str, str],
+    body: bytes,
+    reply: Reply,
+) -> str | None:
+    """The finish reason of a whole answer read by `parse_passthrough`, in OpenAI chat's
+    terms as a translated call records it (end_turn -> stop, tool_use -> tool_calls,
+    ...): an OpenAI answer's own, the Responses API's outcome, else the provider's
+    translation of its native reason (the native reason itself when it has none)."""
+    if openai_responses.speaks(spec):
+        return openai_responses.finish_reason(reply.data)
+    stated = _native_finish(reply.data)
+    if stated is None or spec.route_type is RouteType.EMBEDDINGS or "choices" in reply.data:
+        return stated
+    return _translated_finish(provider, spec, status, headers, body) or stated
+
+
+def _native_finish(data: Any) -> str | None:
+    """The finish reason an answer states (where the formats put it)."""
+    if not isinstance(data, dict):
         return None
-    details = u.get("input_tokens_details")
-    out_details = u.get("output_tokens_details")
-    return Usage(
-        prompt_tokens=as_int(u.get("input_tokens")),
-        completion_tokens=as_int(u.get("output_tokens")),
-        cache_read_tokens=as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0,
-        reasoning_tokens=as_int(out_details.get("reasoning_tokens"))
-        if isinstance(out_details, dict)
-        else 0,
-    )
+    choices = data.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        finish = choices[0].get("finish_reason")
+        return finish if isinstance(finish, str) else None
+    candidates = data.get("candidates")
+    if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
+        finish = candidates[0].get("finishReason")
+        return finish if isinstance(finish, str) else None
+    for key in ("stop_reason", "stopReason", "finish_reason", "done_reason"):
+        if isinstance(data.get(key), str):
+            return data[key]
+    return None
 
 
-def responses_finish(response: Any) -> str | None:
-    """A finish reason in OpenAI's chat terms for a Responses API `response` object."""
-    if not isinstance(response, dict):
+def _preserved_usage(
+    provider: Provider, spec: CallSpec, status: int, headers: dict[str, str], body: bytes
+) -> Usage | None:
+    """The usage a `preserve` route reads from an answer the native parser found none in
+    (a request to the provider's host in another format, such as Bedrock's InvokeModel
+    with a model vendor's own body, whose token counts come in response headers)."""
+    try:
+        reply = provider.parse_response(
+            dataclasses.replace(spec, route_type=RouteType.PRESERVE, llm_format="openai"),
+            status,
+            headers,
+            body,
+        )
+    except Exception:  # noqa: BLE001 - an answer this parser cannot read either
         return None
-    status = response.get("status")
-    if status == "incomplete":
-        details = response.get("incomplete_details")
-        reason = details.get("reason") if isinstance(details, dict) else None
-        return "length" if reason == "max_output_tokens" else (reason or "incomplete")
-    if status == "completed":
-        output = response.get("output")
-        if isinstance(output, list) and any(
-            isinstance(o, dict) and o.get("type") == "function_call" for o in output
-        ):
-            return "tool_calls"
-        return "stop"
-    return status if isinstance(status, str) else None
+    return reply.usage
 
 
-class ResponsesStream:
-    """Watches an OpenAI Responses API stream (`/v1/responses`, `stream: true`): text,
-    tool-call and reasoning deltas (first token), the final `response` with its usage
-    (`response.completed`, `.incomplete` or `.failed`), and `error` events."""
-
-    _CONTENT = frozenset(
-        {
-            "response.output_text.delta",
-            "response.function_call_arguments.delta",
-            "response.reasoning_summary_text.delta",
-            "response.reasoning_text.delta",
-            "response.refusal.delta",
-        }
-    )
-    _FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
-
-    def __init__(self, spec: CallSpec) -> None:
-        self._dec = sse.SSEDecoder()
-        self.usage: Usage | None = None
-        self.error: ProviderError | None = None
-        self.started = False
-        self.finish_reason: str | None = None
-        self._response: dict[str, Any] = {}
-        self._text: list[str] = []
-
-    def feed(self, data: bytes) -> list[bytes]:
-        for ev in self._dec.feed(data):
-            self._handle(ev)
-        return []
-
-    def finish(self, error: ProviderError | None = None) -> list[bytes]:
-        for ev in self._dec.flush():
-            self._handle(ev)
-        if error is not None and self.error is None:
-            self.error = error
-        return []
-
-    def _handle(self, ev: sse.SSEEvent) -> None:
-        try:
-            obj = orjson.loads(ev.data) if ev.data else None
-        except ValueError:
-            return
-        if not isinstance(obj, dict):
-            return
-        kind = obj.get("type") or ev.event
-        if kind in self._CONTENT:
-            self.started = True
-            if kind == "response.output_text.delta" and isinstance(obj.get("delta"), str):
-                self._text.append(obj["delta"])
-            return
-        response = obj.get("response")
-        if isinstance(response, dict):  # created, in_progress, completed, ...
-            self._response = response
-            if isinstance(response.get("usage"), dict):
-                self.usage = responses_usage(response["usage"])
-            if kind in self._FINAL:
-                self.finish_reason = responses_finish(response)
-            if kind == "response.failed":
-                err = response.get("error")
-                msg = err.get("message") if isinstance(err, dict) else None
-                self.error = ProviderError(502, msg or "the response failed", "api_error")
-            return
-        if kind == "error":
-            msg = obj.get("message")
-            inner = obj.get("error")
-            if not isinstance(msg, str) and isinstance(inner, dict):
-                msg = inner.get("message")
-            self.error = ProviderError(502, msg or "upstream stream error", "api_error")
-
-    def assembled(self) -> dict[str, Any]:
-        """The final `response` object (the Responses API's own shape), or what is known
-        of it when the stream ended early."""
-        if self._response.get("output"):
-            return self._response
-        out = dict(self._response)
-        if self._text:
-            out["output_text"] = "".join(self._text)
-        return out
+def _translated_finish(
+    provider: Provider, spec: CallSpec, status: int, headers: dict[str, str], body: bytes
+) -> str | None:
+    """The finish reason of a native answer as the provider's translation maps it."""
+    route_type = RouteType.CHAT if spec.route_type is RouteType.PRESERVE else spec.route_type
+    try:
+        reply = provider.parse_response(
+            dataclasses.replace(spec, route_type=route_type, llm_format="openai"),
+            status,
+            headers,
+            body,
+        )
+    except Exception:  # noqa: BLE001 - an answer this translation cannot read
+        return None
+    choices = reply.data.get("choices") if isinstance(reply.data, dict) else None
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        finish = choices[0].get("finish_reason")
+        return finish if isinstance(finish, str) else None
+    return None
 
 
 # --------------------------------------------------------- content-encoding
@@ -270,22 +278,6 @@ class Decoded:
 # ------------------------------------------------------------------- the addon
 
 
-def _native_finish(data: Any) -> str | None:
-    """The finish reason a native answer states (where the formats put it)."""
-    if not isinstance(data, dict):
-        return None
-    choices = data.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        return choices[0].get("finish_reason")
-    candidates = data.get("candidates")
-    if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
-        return candidates[0].get("finishReason")
-    for key in ("stop_reason", "stopReason", "finish_reason", "done_reason"):
-        if isinstance(data.get(key), str):
-            return data[key]
-    return None
-
-
 def _observed_route(config: GatewayConfig) -> Route:
     """The route observed calls are recorded under: no route of the config, it carries
     the config's global log plugins (and prometheus), so observed calls go where
@@ -309,6 +301,13 @@ def _observed_route(config: GatewayConfig) -> Route:
     )
 
 
+def _json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
 class Observe:
     """Records the calls of LLM API hosts that no route handles, changing nothing."""
 
@@ -319,8 +318,10 @@ class Observe:
         self.enabled = True
         self.payloads = True
         self.hosts = HostTable()
+        self.prices = PriceTable()
         self._route: tuple[GatewayConfig, Route] | None = None
         self._running = False
+        self._prices_loading: asyncio.Task[bool] | None = None
 
     # ----------------------------------------------------------------- options
 
@@ -337,13 +338,22 @@ class Observe:
             Sequence[str],
             [],
             "Extra LLM API hosts to observe, as host[:port]=provider ('*' stands for "
-            "part of a DNS label; host=off stops observing a built-in host).",
+            "part of a DNS label; host=off stops observing a built-in host). Repeatable.",
         )
         loader.add_option(
             "llmitm_observe_payloads",
             bool,
             True,
             "Keep request and answer bodies in the records of observed calls.",
+        )
+        loader.add_option(
+            "llmitm_observe_prices",
+            Sequence[str],
+            [],
+            "Prices of observed calls in USD per 1M tokens, as "
+            "[provider/]model=input/output[/cache_read[/cache_write]] ('*' in the model "
+            "stands for any characters; model=off: no price). They win over the built-in "
+            "prices (genai-prices). Repeatable.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -354,6 +364,13 @@ class Observe:
                 )
             except ValueError as e:
                 raise exceptions.OptionsError(f"llmitm_observe_hosts: {e}") from None
+        if "llmitm_observe_prices" in updated:
+            try:
+                self.prices = PriceTable.from_config(
+                    ctx.options.llmitm_observe_prices, providers.registry()
+                )
+            except ValueError as e:
+                raise exceptions.OptionsError(f"llmitm_observe_prices: {e}") from None
         if "llmitm_observe" in updated:
             self.enabled = ctx.options.llmitm_observe
         if "llmitm_observe_payloads" in updated:
@@ -364,6 +381,11 @@ class Observe:
     def running(self) -> None:
         self._running = True
         self._ensure_store()
+        if not prices.builtin_loaded() and self._prices_loading is None:
+            # the price database, read off the event loop (the first calls wait for it)
+            self._prices_loading = create_task(
+                asyncio.to_thread(prices.load_builtin), name="llmitm prices", keep_ref=True
+            )
 
     def _ensure_store(self) -> None:
         # With no config file the exporters have not started the embedded store:
@@ -396,7 +418,7 @@ class Observe:
         if op is None:
             return
         try:
-            provider = providers.get(name)
+            provider = providers.get(op.provider or name)
         except KeyError:
             return
         config, route = self._config()
@@ -415,36 +437,35 @@ class Observe:
         self.gw.calls.put(flow, call)
         flow.metadata["llmitm.route"] = ROUTE_NAME
         flow.metadata["llmitm.observed"] = op.kind
+        flow.metadata["llmitm.observed_format"] = op.format
         flow.metadata["llmitm.provider"] = provider.name
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    # The hooks below are plain functions that return a coroutine (which mitmproxy
+    # awaits) only when there is something to wait for: a large body read in a thread,
+    # the price database still loading. Every other flow costs no coroutine.
+
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         call = self._observed(flow)
         if call is None or flow.response is not None:
-            return
-        assert call.provider is not None
+            return None
         req = flow.request
-        try:
-            raw = req.get_content(strict=False) or b""
-        except ValueError:
-            raw = req.raw_content or b""
-        try:
-            body = orjson.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        data: dict[str, Any] = body if isinstance(body, dict) else {}
-        op = operation(call.provider.name, req.method, req.path)
-        if op is None:  # cannot happen: requestheaders checked it on the same request
-            return
-        spec = observed_spec(call.provider, op, req.method, req.path, data, raw)
-        call.spec = spec
-        call.stream = spec.stream
-        call.request_model = spec.model
-        call.context = with_body_context(call.context, data)
-        if call.log_payloads:
-            call.request_payload = body if body is not None else raw.decode("utf-8", "replace")
-        call.upstream_started = req.timestamp_end or now()
-        if spec.model:
-            flow.metadata["llmitm.model"] = spec.model
+        op = Operation(
+            flow.metadata.get("llmitm.observed_format", "openai"), flow.metadata["llmitm.observed"]
+        )
+        if len(req.raw_content or b"") > OFF_LOOP_BYTES:  # e.g. images or long documents
+            return self._read_request_off_loop(flow, call, op)
+        self._read_request(call, op, req)
+        self._tag_model(flow, call)
+        return None
+
+    async def _read_request_off_loop(self, flow: http.HTTPFlow, call: Call, op: Operation) -> None:
+        await asyncio.to_thread(self._read_request, call, op, flow.request)
+        self._tag_model(flow, call)
+
+    @staticmethod
+    def _tag_model(flow: http.HTTPFlow, call: Call) -> None:
+        if call.spec is not None and call.spec.model:
+            flow.metadata["llmitm.model"] = call.spec.model
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self._observed(flow)
@@ -466,22 +487,63 @@ class Observe:
         call.translator = Decoded(observer, decode) if decode is not None else observer
         resp.stream = StreamOwner(call, call.translator, passthrough=True)
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         call = self._observed(flow)
         if call is None or call.spec is None or flow.response is None:
-            return
+            return None
         resp = flow.response
         call.upstream_ended = resp.timestamp_end or now()
         call.upstream_status = resp.status_code
-        if call.translator is not None:  # a stream: the observer has seen it all
-            finish = getattr(call.translator, "finish_reason", None)
-            if isinstance(finish, str):
-                call.finish_reason = finish
-            return
+        if call.translator is None and len(resp.raw_content or b"") > OFF_LOOP_BYTES:
+            # a large answer (embeddings, say): decompressing it would hold every other
+            # flow up; the flow itself waits for this hook either way
+            return self._answer_off_loop(call, resp)
+        if call.translator is None:
+            self._read(call, resp)
+        if not self._prices_ready():
+            return self._priced_once_loaded(call)
+        self._priced(call)
+        return None
+
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """A stream cut off (the client left, the upstream broke): what was seen of it
+        is recorded, priced."""
+        call = self._observed(flow)
+        if call is None or call.spec is None or call.translator is None:
+            return None
+        if not self._prices_ready():
+            return self._priced_once_loaded(call)
+        self._priced(call)
+        return None
+
+    async def _answer_off_loop(self, call: Call, resp: http.Response) -> None:
+        await asyncio.to_thread(self._read, call, resp)
+        await self._priced_once_loaded(call)
+
+    def _read(self, call: Call, resp: http.Response) -> None:
         try:
-            self._whole(call, resp)
+            self._read_answer(call, resp)
         except Exception:  # observing must never break the proxy
             log.exception("llmitm: could not read an observed answer")
+
+    def _prices_ready(self) -> bool:
+        loading = self._prices_loading
+        return loading is None or loading.done()
+
+    async def _priced_once_loaded(self, call: Call) -> None:
+        """The built-in prices are read in a thread at startup: the calls that end
+        before it is done wait for it (once; never blocking other flows)."""
+        loading = self._prices_loading
+        if loading is not None and not loading.done():
+            await asyncio.shield(loading)  # (load_builtin never raises: it logs)
+        self._priced(call)
+
+    def _priced(self, call: Call) -> None:
+        if call.translator is not None:  # a stream: the observer has seen it all
+            finish = getattr(call.translator, "finish_reason", None)
+            if isinstance(finish, str) and call.finish_reason is None:
+                call.finish_reason = finish
+        self._price(call)
 
     # ---------------------------------------------------------------- internals
 
@@ -491,46 +553,95 @@ class Observe:
         call = self.gw.calls.get(flow)
         return call if call is not None and call.route is not None else None
 
-    def _whole(self, call: Call, resp: http.Response) -> None:
+    def _read_request(self, call: Call, op: Operation, req: http.Request) -> None:
+        """The observed request: its spec (route type, model, stream), context and
+        payload. Runs in a thread for a large body."""
+        assert call.provider is not None
+        try:
+            raw = req.get_content(strict=False) or b""
+        except ValueError:
+            raw = req.raw_content or b""
+        body = _json(raw)
+        data: dict[str, Any] = body if isinstance(body, dict) else {}
+        spec = observed_spec(call.provider, op, req.method, req.path, data, raw)
+        call.spec = spec
+        call.stream = spec.stream
+        call.request_model = spec.model
+        call.context = with_body_context(call.context, data)
+        if call.log_payloads:
+            call.request_payload = body if body is not None else raw.decode("utf-8", "replace")
+        call.upstream_started = req.timestamp_end or now()
+
+    def _read_answer(self, call: Call, resp: http.Response) -> None:
+        """A whole answer: usage, model, finish reason and payload, by the code preserve
+        routes use (`parse_passthrough`, `passthrough_finish`), parsing the body once.
+        Runs in a thread for a large body."""
         assert call.provider is not None and call.spec is not None
         body = resp.get_content(strict=False) or b""
         headers = {k.lower(): v for k, v in resp.headers.items()}
         spec = call.spec
+        status = resp.status_code
         adapter = _adapter(call.provider, spec)
-        if call.log_payloads:
-            try:
-                call.response_payload = orjson.loads(body) if body else None
-            except ValueError:
-                call.response_payload = body.decode("utf-8", "replace")
-        if resp.status_code >= 400:
-            call.fail(adapter.parse_error(resp.status_code, headers, body), "upstream")
+        if status >= 400:
+            call.fail(adapter.parse_error(status, headers, body), "upstream")
+            if call.log_payloads:
+                call.response_payload = _payload(body)
             return
-        if spec.extra.get("operation") == RESPONSES:
+        if len(body) > OFF_LOOP_BYTES and not openai_responses.speaks(spec):
+            reply = _read_large(adapter, spec, status, headers, body)
+            finish = _native_finish(reply.data)
+        else:
             try:
-                data = orjson.loads(body)
-            except ValueError:
-                data = None
-            if isinstance(data, dict):
-                call.usage = responses_usage(data.get("usage"))
-                call.response_model = data.get("model")
-                call.finish_reason = responses_finish(data)
-                if call.response_payload is None and call.log_payloads:
-                    call.response_payload = data
-            return
-        try:
-            reply = parse_passthrough(adapter, spec, resp.status_code, headers, body)
-        except ProviderError:  # not the answer the format expects: read what is there
-            reply = adapter.parse_native_response(spec, resp.status_code, headers, body)
+                reply, finish = read_passthrough(adapter, spec, status, headers, body)
+            except ProviderError:  # not the answer the format expects: read what is there
+                reply = adapter.parse_native_response(spec, status, headers, body)
+                finish = passthrough_finish(adapter, spec, status, headers, body, reply)
         call.usage = reply.usage
-        if call.usage is None and spec.native:  # e.g. Bedrock's InvokeModel: counts in headers
-            call.usage = _preserved_usage(adapter, spec, resp.status_code, headers, body)
         call.response_model = reply.model
-        call.finish_reason = _native_finish(reply.data)
-        if spec.native:  # the provider's mapping to OpenAI's finish reasons, when it has one
-            finish = _translated_finish(adapter, spec, resp.status_code, headers, body)
-            call.finish_reason = finish or call.finish_reason
-        if call.log_payloads and call.response_payload is None:
-            call.response_payload = reply.data
+        call.finish_reason = finish
+        if call.log_payloads:
+            # the parsed answer (the native one: what the client got), not parsed again
+            call.response_payload = reply.data if reply.data else _payload(body)
+
+    def _price(self, call: Call) -> None:
+        """Prices for the call's cost (the recorder computes it from `spec.options`, as
+        for a route's prices): the user's `llmitm_observe_prices`, else the built-in
+        ones; none when neither knows the model."""
+        if call.provider is None or call.spec is None:
+            return
+        translator = call.translator
+        usage = call.usage or (translator.usage if translator is not None else None)
+        prompt = usage.prompt_tokens if usage is not None else 0
+        models = [call.response_model, call.request_model]
+        found = self.prices.lookup(call.provider.name, models, prompt, call.started_at)
+        if found is None and translator is not None:  # the model the stream named
+            streamed = translator.assembled().get("model")
+            found = self.prices.lookup(call.provider.name, [streamed], prompt, call.started_at)
+        if found is not None:
+            call.spec.options = found.options()
+
+
+def _read_large(
+    provider: Provider, spec: CallSpec, status: int, headers: dict[str, str], body: bytes
+) -> Reply:
+    """A large whole answer (a batch of embeddings, say) read from one parse with orjson:
+    its usage by the provider's own reader (`usage_from`, what the passthrough parsers
+    use), its model, and the token counts of the headers when the body has none. The
+    parsers' own `json` parse of a 15 MB answer holds the interpreter (and so every
+    other flow) four times as long, a thread or not: the GIL is not released while
+    parsing."""
+    data = _json(body)
+    data = data if isinstance(data, dict) else {}
+    usage = provider.usage_from(data)
+    if usage is None and spec.native:
+        usage = _preserved_usage(provider, spec, status, headers, b"{}")
+    model = data.get("model") or data.get("modelVersion") or spec.model
+    return Reply(body, data, usage, model if isinstance(model, str) else None)
+
+
+def _payload(body: bytes) -> Any:
+    value = _json(body)
+    return value if value is not None else body.decode("utf-8", "replace")
 
 
 def _adapter(provider: Provider, spec: CallSpec) -> Provider:
@@ -544,45 +655,7 @@ def _adapter(provider: Provider, spec: CallSpec) -> Provider:
 
 def _observer(call: Call) -> StreamTranslator:
     assert call.provider is not None and call.spec is not None
-    if call.spec.extra.get("operation") == RESPONSES:
-        return ResponsesStream(call.spec)
     return stream_observer(_adapter(call.provider, call.spec), call.spec)
-
-
-def _preserved_usage(
-    provider: Provider, spec: CallSpec, status: int, headers: dict[str, str], body: bytes
-) -> Usage | None:
-    """The usage a `preserve` route reads from an answer the native parser found none in
-    (a request to the provider's host in another format, such as Bedrock's InvokeModel
-    with a model vendor's own body, whose token counts come in response headers)."""
-    try:
-        reply = provider.parse_response(
-            dataclasses.replace(spec, route_type=RouteType.PRESERVE, llm_format="openai"),
-            status,
-            headers,
-            body,
-        )
-    except Exception:  # noqa: BLE001 - an answer this parser cannot read either
-        return None
-    return reply.usage
-
-
-def _translated_finish(
-    provider: Provider, spec: CallSpec, status: int, headers: dict[str, str], body: bytes
-) -> str | None:
-    """The finish reason of a native answer as the provider's translation maps it
-    (end_turn -> stop, tool_use -> tool_calls, ...), as a gateway call would record it."""
-    try:
-        reply = provider.parse_response(
-            dataclasses.replace(spec, llm_format="openai"), status, headers, body
-        )
-    except Exception:  # noqa: BLE001 - an answer this translation cannot read
-        return None
-    choices = reply.data.get("choices") if isinstance(reply.data, dict) else None
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        finish = choices[0].get("finish_reason")
-        return finish if isinstance(finish, str) else None
-    return None
 
 
 def observed_spec(
@@ -612,6 +685,9 @@ def observed_spec(
     spec.extra["operation"] = op.kind
     if native:
         spec.model = provider.native_model(spec)
+        if spec.model is None:  # in the path (Claude on Vertex AI)
+            m = _PATH_MODEL.search(bare)
+            spec.model = unquote(m.group(1)) if m else None
     else:
         model = body.get("model")
         spec.model = model if isinstance(model, str) else None
@@ -621,9 +697,7 @@ def observed_spec(
     spec.stream = body.get("stream") is True or (
         op.format == "native"
         and (
-            bare.endswith(
-                (":streamGenerateContent", "/converse-stream", "/invoke-with-response-stream")
-            )
+            bare.endswith(_STREAM_OPERATIONS)
             or (
                 provider.name == "ollama"
                 and route_type is not RouteType.EMBEDDINGS

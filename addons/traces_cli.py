@@ -12,8 +12,13 @@ FILTERS: --model, --provider, --consumer, --status (ok, error, client_aborted),
 Everything is read through `exporters.sqlite`'s read-only `Store`, so the gateway can
 keep writing meanwhile (WAL). `--follow` polls the store twice a second for calls that
 landed since the last poll (by insertion order, so a long stream that started before
-a short call still shows up when it ends) and prints them as they come; Ctrl-C ends it
-with status 0. `--json` prints one JSON document (JSON lines with `--follow`).
+a short call still shows up when it ends) and prints them as they come; started before
+the gateway's first call, it waits for the store to appear. Ctrl-C ends it with status
+0. `--json` prints one JSON document (JSON lines with `--follow`).
+
+`totals` sums the cost of the calls that have one (a model with no price has none, not
+$0): the `priced` column counts them, `*` marks a partial sum, `-` a group of calls
+none of which has a cost.
 
 Tables are drawn by `rich`: coloured on a terminal, plain aligned text (no colour, no
 box characters, no wrapping) when the output is a pipe or a file.
@@ -50,6 +55,9 @@ FOLLOW_BACKLOG = 10
 SHORT_ID = 18
 #: console width when the output is not a terminal: wide enough that rows never wrap
 PLAIN_WIDTH = 300
+#: the route name of observe mode's calls (addons.observe.ROUTE_NAME, not imported:
+#: the command stays free of mitmproxy)
+OBSERVED_ROUTE = "observed"
 
 _FILTERS = ("model", "provider", "consumer", "status", "route", "since", "until")
 _STATUS_ALIASES = {"aborted": "client_aborted", "err": "error", "errors": "error"}
@@ -188,10 +196,15 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         print(f"llmitm traces: --follow and --limit are not for `{command}`", file=sys.stderr)
         return 2
     try:
-        store = _open(args.store)
+        if command == "list" and args.follow:
+            store = _wait_for_store(args.store, args.json, console)
+        else:
+            store = _open(args.store)
     except CliError as e:
         print(f"llmitm traces: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 0
     try:
         with store:
             if command == "show":
@@ -234,6 +247,41 @@ def _open(path: str | None) -> Store:
         raise CliError(str(e)) from None
     except sqlite3.Error as e:
         raise CliError(f"cannot open the call store at {resolved}: {e}") from None
+
+
+def _wait_for_store(path: str | None, as_json: bool, console: Console) -> Store:
+    """--follow before the gateway recorded anything: wait for the store to appear (the
+    gateway creates it with its first call), then follow it. Ctrl-C ends the wait."""
+    resolved = store_mod.resolve_path(path)
+    said = False
+    while True:
+        try:
+            return open_store(resolved)
+        except FileNotFoundError:
+            pass
+        except SchemaError as e:
+            if _schema_version(resolved) > store_mod.SCHEMA_VERSION:
+                raise CliError(str(e)) from None  # written by a newer llmitm
+            # older, or just created: the gateway brings it up to date as it writes
+        except sqlite3.Error as e:
+            raise CliError(f"cannot open the call store at {resolved}: {e}") from None
+        if not said and not as_json:
+            console.print(
+                f"(no call store at {resolved} yet: waiting for the gateway's first call; "
+                "Ctrl-C to stop)",
+                style="" if _plain(console) else "dim",
+            )
+            console.file.flush()
+            said = True
+        time.sleep(POLL_INTERVAL)
+
+
+def _schema_version(path: str) -> int:
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error:
+        return 0
 
 
 def _filter_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -513,6 +561,7 @@ def _totals(
         console.print(f"no calls to sum (store: {store.path})")
         return 0
     plain = _plain(console)
+    costs = [t.cost for t in groups if t.cost is not None]
     sums = Total(
         key="total",
         calls=sum(t.calls for t in groups),
@@ -520,8 +569,9 @@ def _totals(
         prompt_tokens=sum(t.prompt_tokens for t in groups),
         completion_tokens=sum(t.completion_tokens for t in groups),
         total_tokens=sum(t.total_tokens for t in groups),
-        cost=sum(t.cost for t in groups),
+        cost=round(sum(costs), 10) if costs else None,
         avg_latency_ms=None,
+        priced_calls=sum(t.priced_calls for t in groups),
     )
     table = Table(
         box=None,
@@ -537,7 +587,8 @@ def _totals(
         ("tok in", "right", lambda t: f"{t.prompt_tokens:,}"),
         ("tok out", "right", lambda t: f"{t.completion_tokens:,}"),
         ("tok total", "right", lambda t: f"{t.total_tokens:,}"),
-        ("cost", "right", lambda t: fmt_cost(t.cost)),
+        ("cost", "right", total_cost),
+        ("priced", "right", lambda t: f"{t.priced_calls:,}/{t.calls:,}"),
         ("avg latency", "right", lambda t: fmt_ms(t.avg_latency_ms)),
     ]
     for name, justify, cell in cells:
@@ -546,7 +597,25 @@ def _totals(
     for t in groups:
         table.add_row(*(cell(t) for _, _, cell in cells))
     emit(console, table)
+    if sums.priced_calls < sums.calls:
+        console.print(
+            f"{PARTIAL} a partial sum: only the calls counted in `priced` have a known cost "
+            "(the others' model has no price: set one on the route, or "
+            "--set llmitm_observe_prices for observed calls); - no call has one",
+            style="" if plain else "dim",
+        )
     return 0
+
+
+#: marks a cost that sums some of a group's calls only (the others have no known cost)
+PARTIAL = "*"
+
+
+def total_cost(t: Total) -> str:
+    """A group's cost: `-` when none of its calls has one, `$0.12*` when some have."""
+    if t.cost is None:
+        return "-"
+    return fmt_cost(t.cost) + (PARTIAL if t.priced_calls < t.calls else "")
 
 
 # --- one call in full -----------------------------------------------------------------
@@ -607,7 +676,12 @@ def render_record(record: dict[str, Any], console: Console) -> None:
             ("status", f"{status} (HTTP {response.get('status')})"),
             ("route", name(record.get("route"), "name")),
             ("service", name(record.get("service"), "name")),
-            ("consumer", name(record.get("consumer"), "username")),
+            # Kong's consumer entity: a consumer may have only a custom_id
+            (
+                "consumer",
+                name(record.get("consumer"), "username")
+                or name(record.get("consumer"), "custom_id"),
+            ),
             ("client", record.get("client_ip")),
             ("request", f"{request.get('method', '')} {request.get('uri', '')}".strip()),
             ("provider", meta.get("provider_name")),
@@ -680,10 +754,14 @@ def render_record(record: dict[str, Any], console: Console) -> None:
 
     if payload is None:
         section("messages")
-        console.print(
-            "(not recorded: the route's ai-proxy plugin needs `logging: {log_payloads: true}`)",
-            style="" if plain else "dim",
+        observed = (record.get("route") or {}).get("name") == OBSERVED_ROUTE
+        hint = (
+            "observe mode ran with `--set llmitm_observe_payloads=false`; it keeps them "
+            "by default (true)"
+            if observed
+            else "the route's ai-proxy plugin needs `logging: {log_payloads: true}`"
         )
+        console.print(f"(not recorded: {hint})", style="" if plain else "dim")
         return
     section("request")
     _print_messages(console, request_messages(payload.get("request")), plain)

@@ -14,11 +14,20 @@ comment]`. A call still streaming is marked with an hourglass.
 mitmweb keeps every flow until it is cleared; `--set llmitm_max_flows=N` removes the
 oldest finished flows from the view beyond N, which drops mitmproxy's last reference to
 them (mitmdump keeps no flows, so there the option does nothing).
+
+Flows saved as they finish (`mitmdump -w FILE`, mitmproxy's `save_stream_file`) keep
+their mark and comment: mitmproxy's writer saves a flow in its own `response` hook,
+which runs after the gateway's, but the record (and so the comment) is built just after
+the hooks, so that it adds nothing to the client's latency. While flows are being
+saved, this addon's `response` and `error` hooks let that step run first (one turn of
+the event loop, for LLM flows only).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions, hooks, http
@@ -115,6 +124,7 @@ class WebView:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.max_flows = 0
+        self.saving = False  # mitmproxy writes finished flows to a file (-w)
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -134,6 +144,8 @@ class WebView:
                 )
             self.max_flows = value
             self.trim()
+        if "save_stream_file" in updated:
+            self.saving = bool(getattr(ctx.options, "save_stream_file", None))
 
     # -- marks
 
@@ -147,13 +159,25 @@ class WebView:
 
     # -- the cap
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if self.max_flows:
             self.trim()
+        return self._annotated_before_saving(flow)
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if self.max_flows:
             self.trim()
+        return self._annotated_before_saving(flow)
+
+    def _annotated_before_saving(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """While flows are saved as they finish, let the recorder annotate an LLM flow
+        before mitmproxy's writer (a later addon) saves it: the recorder builds the
+        record in a callback it scheduled in its own hook, which one turn of the event
+        loop runs. (mitmproxy awaits what a hook returns; nothing for other flows.)"""
+        meta = flow.metadata
+        if not self.saving or (meta.get("llmitm.route") is None and "llmitm.provider" not in meta):
+            return None
+        return asyncio.sleep(0)
 
     def trim(self) -> None:
         """Remove the oldest finished flows from the view beyond `max_flows`.

@@ -304,3 +304,32 @@ def test_costs_read_as_dollars_never_in_exponent_notation(cost: float, shown: st
     from addons.webview import _money
 
     assert _money(cost) == shown
+
+
+async def test_while_flows_are_saved_the_record_annotates_before_the_writer() -> None:
+    """`mitmdump -w FILE`: mitmproxy's writer saves a flow in its `response` hook, after
+    the gateway's; the recorder builds the record in a callback its own hook scheduled.
+    The webview's hook lets that callback run first, so the saved flow has its mark and
+    comment; only while saving, only for the gateway's flows."""
+    import asyncio
+
+    from mitmproxy.addons.save import Save
+
+    gw = _gateway()
+    webview = WebView(gw)
+    with taddons.context(Save(), webview) as tctx:
+        llm = tflow.tflow(resp=True)
+        llm.metadata["llmitm.route"] = "observed"
+        other = tflow.tflow(resp=True)
+        assert webview.response(llm) is None  # not saving: nothing to wait for
+        tctx.configure(webview, save_stream_file="/dev/null")
+        assert webview.response(other) is None
+        ran: list[str] = []
+        asyncio.get_running_loop().call_soon(ran.append, "record")
+        waiting = webview.response(llm)
+        assert waiting is not None and ran == []
+        await waiting
+        assert ran == ["record"]
+        waiting = webview.error(llm)  # a stream cut off: the same
+        assert waiting is not None
+        await waiting

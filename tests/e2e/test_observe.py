@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import genai_prices
 import httpx
 import openai
 import pytest
@@ -205,6 +206,13 @@ def test_openai_chat_sdk(proxy: Proxy, fake: TLSFakeUpstream) -> None:
     assert ai["meta"]["request_parameters"]["temperature"] == 0.2
     assert ai["usage"]["prompt_tokens"] == 17 and ai["usage"]["completion_tokens"] == 3
     assert ai["usage"]["source"] == "reported"
+    # priced by the built-in price database (genai-prices), the answer's model
+    list_price = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=17, output_tokens=3),
+        "gpt-4o-mini-2024-07-18",
+        provider_id="openai",
+    )
+    assert ai["usage"]["cost"] == pytest.approx(float(list_price.total_price))
     assert ai["payload"]["request"]["messages"][0]["content"] == "Capital of France?"
     assert ai["payload"]["response"] == answer
     # the client's credentials never enter a record

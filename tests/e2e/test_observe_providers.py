@@ -19,6 +19,7 @@ the usage the provider reported and, for streams, a time to first token.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ from tests.fakes.bedrock import ACCESS_KEY, REGION, SECRET_KEY, FakeBedrock
 from tests.fakes.bedrock_invoke import BEDROCK_VERSION, FakeBedrockInvoke
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.tls import TLSFakeUpstream, redirect_script
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, Received, Reply
 
 KEY = "sk-test-observe-providers-0123456789"
 AZURE = "llmitm-test.openai.azure.com"
@@ -368,6 +369,80 @@ def test_vertex_gemini(proxy: Proxy, fake: TLSFakeUpstream, op: str) -> None:
     rec = proxy.gw.record(session_id=session)
     assert rec["request"]["headers"]["authorization"] == "[REDACTED]"
     assert "ya29.observe-test-token" not in json.dumps(rec)
+
+
+VERTEX_CLAUDE = "/v1/projects/llmitm-test/locations/us-east5/publishers/anthropic/models/"
+VERTEX_VERSION = "vertex-2023-10-16"
+
+
+def vertex_claude(script: fake_anthropic.Script) -> Callable[[Received], Reply]:
+    """Claude on Vertex AI: Anthropic's Messages API, the model in the path (`:rawPredict`,
+    `:streamRawPredict`), `anthropic_version` in the body, Google's OAuth token."""
+    path = re.compile(
+        rf"{re.escape(VERTEX_CLAUDE)}(?P<model>[^/:]+):(?P<op>rawPredict|streamRawPredict)"
+    )
+
+    def handle(req: Received) -> Reply:
+        m = path.fullmatch(req.path)
+        if m is None or req.headers.get("authorization") != "Bearer ya29.observe-test-token":
+            return fake_anthropic.error(404, "not_found_error", f"no {req.path}")
+        body = req.json()
+        if body.get("anthropic_version") != VERTEX_VERSION or "model" in body:
+            return fake_anthropic.invalid("anthropic_version: vertex-2023-10-16, and no model")
+        request = {k: v for k, v in body.items() if k != "anthropic_version"}
+        request["model"] = m["model"].partition("@")[0]
+        blocks, stop = fake_anthropic.answer_blocks(request, script)
+        if m["op"] == "streamRawPredict":
+            return fake_anthropic.message_stream(request, script, blocks, stop)
+        return Reply.json(fake_anthropic.message_json(request, script, blocks, stop))
+
+    return handle
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["rawPredict", "streamRawPredict"])
+def test_vertex_claude(proxy: Proxy, fake: TLSFakeUpstream, stream: bool) -> None:
+    """Claude on Vertex AI is read by the Anthropic provider: model from the path,
+    Anthropic's usage, finish reason and, streamed, the time to first token."""
+    script = fake_anthropic.Script(
+        input_tokens=40,
+        cache_read_input_tokens=0,
+        cache_creation_input_tokens=0,
+        tool_calls=[("get_weather", {"city": "Paris"})],
+        pause=0.02,
+    )
+    sent = Sent(vertex_claude(script))
+    fake.reply(sent)
+    model = "claude-sonnet-4-5@20250929"
+    session = f"vertex-claude-{stream}"
+    status, received = post(
+        proxy,
+        f"https://{VERTEX}{VERTEX_CLAUDE}{model}:{'streamRawPredict' if stream else 'rawPredict'}",
+        {
+            "anthropic_version": VERTEX_VERSION,
+            "max_tokens": 256,
+            "stream": stream,
+            "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+            "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        },
+        session,
+        {"authorization": "Bearer ya29.observe-test-token"},
+    )
+    assert status == 200, received
+    assert received == sent.bodies[-1]
+    ai = observed(
+        proxy,
+        session,
+        provider="anthropic",
+        model=model,
+        usage=(40, script.output_tokens),
+        stream=stream,
+    )
+    assert ai["meta"]["finish_reason"] == "tool_calls"  # tool_use, as the gateway maps it
+    assert ai["meta"]["response_model"] == "claude-sonnet-4-5"
+    assert ai["usage"]["cost"] is not None and ai["usage"]["cost"] > 0  # Claude's list price
+    if stream:
+        calls = ai["payload"]["response"]["choices"][0]["message"]["tool_calls"]
+        assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
 
 
 # ------------------------------------------------------------------ Bedrock

@@ -7,6 +7,7 @@ mitmproxy's own `prettify_message`, as mitmweb does.
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from typing import Any
@@ -24,6 +25,8 @@ from addons.contentview import (
     register,
 )
 from providers import eventstream
+from tests.fakes import anthropic as fake_anthropic
+from tests.fakes.bedrock_invoke import FakeBedrockInvoke
 from tests.unit.conftest import fixture
 
 SSE = "text/event-stream"
@@ -52,16 +55,36 @@ def ndjson(*objs: Any) -> bytes:
     return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
 
 
+#: the public host of each API (the view is chosen automatically on known LLM hosts)
+HOSTS = {
+    "openai": ("api.openai.com", 443),
+    "openai-responses": ("api.openai.com", 443),
+    "anthropic": ("api.anthropic.com", 443),
+    "gemini": ("generativelanguage.googleapis.com", 443),
+    "bedrock": ("bedrock-runtime.us-east-1.amazonaws.com", 443),
+    "bedrock-invoke": ("bedrock-runtime.us-east-1.amazonaws.com", 443),
+    "cohere-v1": ("api.cohere.com", 443),
+    "cohere-v2": ("api.cohere.com", 443),
+    "ollama": ("localhost", 11434),
+}
+
+
 def flow(
     path: str,
     request: Any,
     response: bytes | Any,
     content_type: str = "application/json",
     status: int = 200,
-    host: str = "api.example.com",
+    host: str | None = None,
+    port: int = 443,
 ) -> Any:
+    """A flow to the API's own host (by its path), or to `host:port`."""
     f = tflow.tflow(resp=True)
-    f.request.host = host
+    kind = kind_of_path(path)
+    f.request.host, f.request.port = (
+        (host or "api.example.com", port) if host is not None or kind is None else HOSTS[kind.api]
+    )
+    f.request.headers["host"] = f.request.host
     f.request.path = path
     f.request.method = "POST"
     f.request.headers["content-type"] = "application/json"
@@ -316,7 +339,7 @@ def test_openai_responses_request_json_and_stream() -> None:
         "[thinking]",
         "User wants weather.",
         "18C and sunny in Paris.",
-        "finish: completed",
+        "finish: stop",  # the outcome in chat's terms, as the call record has it
         "usage: 40 in → 12 out (8 reasoning)",
     )
     in_order(shown(f), "openai-responses chat · model gpt-5-2025-08-07 · JSON", *expected)
@@ -684,6 +707,110 @@ def test_bedrock_event_stream_with_reasoning_and_a_tool_call() -> None:
     )
 
 
+INVOKE_PATH = "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke"
+INVOKE_REQUEST = {
+    "anthropic_version": "bedrock-2023-05-31",
+    "max_tokens": 200,
+    "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+    "messages": [{"role": "user", "content": "Weather in Paris?"}],
+}
+
+
+def _invoke(stream: bool) -> tuple[bytes, dict[str, str], fake_anthropic.Script]:
+    """A real InvokeModel answer of Claude (the Bedrock fake's event-stream when
+    streamed: each chunk's bytes one of Anthropic's events, the metrics in the last)."""
+    script = fake_anthropic.Script(
+        input_tokens=15,
+        cache_read_input_tokens=0,
+        cache_creation_input_tokens=0,
+        tool_calls=[("get_weather", {"city": "Paris"})],
+    )
+    invoke = FakeBedrockInvoke(script)
+    request = {**INVOKE_REQUEST, "model": "claude-sonnet-4-5"}
+    blocks, stop = fake_anthropic.answer_blocks(request, script)
+    if not stream:
+        answer = fake_anthropic.message_json(request, script, blocks, stop)
+        return json.dumps(answer).encode(), invoke.count_headers(), script
+    reply = invoke.stream(request, blocks, stop)
+    assert reply.chunks is not None
+    return b"".join(c for c in reply.chunks if isinstance(c, bytes)), reply.headers, script
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["invoke", "invoke-with-response-stream"])
+def test_bedrock_invoke_model_with_claudes_own_body(stream: bool) -> None:
+    body, headers, script = _invoke(stream)
+    path = INVOKE_PATH + ("-with-response-stream" if stream else "")
+    f = flow(path, INVOKE_REQUEST, body, AWS if stream else "application/json")
+    f.response.headers.update(headers)
+    in_order(
+        shown(f, "request"),
+        "bedrock invoke · model us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "tools: get_weather",
+        "── user ──",
+        "Weather in Paris?",
+    )
+    in_order(
+        shown(f),
+        "bedrock invoke (anthropic)",
+        "AWS event-stream" if stream else "JSON",
+        "── assistant ──",
+        "Let me check.",
+        "[tool call] get_weather",
+        '"city": "Paris"',
+        "finish: tool_calls",
+        f"usage: 15 in → {script.output_tokens} out · reported",  # Bedrock's own counts
+    )
+    assert "error" not in shown(f)
+
+
+def test_bedrock_invoke_stream_of_another_model_vendor() -> None:
+    """A vendor without a parser of its own (Amazon Titan): its text and stop reason."""
+    chunks = [
+        {"outputText": "Hello", "index": 0, "completionReason": None},
+        {
+            "outputText": " there.",
+            "index": 0,
+            "completionReason": "FINISH",
+            "amazon-bedrock-invocationMetrics": {"inputTokenCount": 5, "outputTokenCount": 3},
+        },
+    ]
+    body = b"".join(
+        eventstream.encode_event(
+            "chunk", {"bytes": base64.b64encode(json.dumps(c).encode()).decode()}
+        )
+        for c in chunks
+    )
+    f = flow("/model/amazon.titan-text-express-v1/invoke-with-response-stream", {}, body, AWS)
+    in_order(shown(f), "bedrock invoke", "Hello there.", "finish: FINISH", "usage: 5 in → 3 out")
+
+
+# ---------------------------------------------------------------- Claude on Vertex AI
+
+VERTEX_CLAUDE = (
+    "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929"
+)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["rawPredict", "streamRawPredict"])
+def test_claude_on_vertex(stream: bool) -> None:
+    request = {
+        "anthropic_version": "vertex-2023-10-16",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "1+1?"}],
+        "stream": stream,
+    }
+    answer = (
+        anthropic_stream()
+        if stream
+        else fixture("anthropic/llm-v1-chat/responses/good.json").read_bytes()
+    )
+    path = VERTEX_CLAUDE + (":streamRawPredict" if stream else ":rawPredict")
+    host = "us-east5-aiplatform.googleapis.com"
+    f = flow(path, request, answer, SSE if stream else "application/json", host=host)
+    in_order(shown(f, "request"), "anthropic chat · model claude-sonnet-4-5@20250929", "1+1?")
+    in_order(shown(f), "anthropic chat", "── assistant ──", "finish: ")
+
+
 # ---------------------------------------------------------------- Cohere
 
 
@@ -846,7 +973,7 @@ def test_ollama_ndjson_stream_with_thinking_and_a_tool_call() -> None:
             "eval_count": 9,
         },
     )
-    f = flow("/api/chat", req, lines, NDJSON, host="127.0.0.1")
+    f = flow("/api/chat", req, lines, NDJSON, host="127.0.0.1", port=11434)
     in_order(
         shown(f, "request"),
         "ollama chat",
@@ -919,6 +1046,51 @@ def test_other_traffic_is_left_to_mitmproxys_views() -> None:
     assert llm_view.render_priority(f.response.content, meta) < 0
     assert contentviews.prettify_message(f.response, f).view_name == "JSON"
     assert llm_view.render_priority(b"", Metadata(flow=f, http_message=f.request)) < 0
+
+
+def test_an_llm_path_on_another_host_is_left_to_mitmproxys_views() -> None:
+    """Only known LLM API hosts (and the gateway's own flows) get the view on their
+    own: an LLM-looking path elsewhere is anybody's API."""
+    page = {"model": "looks like an LLM answer", "usage": {"prompt_tokens": 1}}
+    f = flow("/v1/chat/completions", {"model": "x", "messages": []}, page, host="example.org")
+    assert contentviews.prettify_message(f.response, f).view_name == "JSON"
+    assert contentviews.prettify_message(f.request, f).view_name == "JSON"
+    # on an LLM API host, a path that is not an LLM operation is not one either
+    f = flow("/v1/models", {}, {"data": []}, host="api.openai.com")
+    assert contentviews.prettify_message(f.response, f).view_name == "JSON"
+
+
+def test_a_2xx_body_that_is_no_llm_answer_is_shown_as_it_is() -> None:
+    """Picked by hand (or on an LLM host), a 200 answer of another shape is shown with
+    its body, never as a made-up error."""
+    page = {"model": "looks like an LLM answer", "usage": {"prompt_tokens": 1}}
+    f = flow("/v1/chat/completions", {"model": "x", "messages": []}, page, host="example.org")
+    meta = Metadata(flow=f, http_message=f.response, content_type="application/json")
+    text = llm_view.prettify(f.response.content, meta)
+    assert "error" not in text
+    in_order(
+        text,
+        "LLM response · 200 · not an answer of the openai chat API",
+        '"looks like an LLM answer"',
+    )
+    f = flow("/v1/responses", {"model": "x"}, {"hello": "world"})
+    text = shown(f)
+    assert "error" not in text and '"hello": "world"' in text
+
+
+def test_hosts_added_to_observe_mode_get_the_view() -> None:
+    from mitmproxy.test import taddons as t
+
+    from addons.observe import Observe
+    from addons.state import Gateway
+
+    f = flow("/v1/chat/completions", OPENAI_CHAT, OPENAI_TOOL_STREAM, SSE, host="llm.internal")
+    assert contentviews.prettify_message(f.response, f).view_name != "LLM"
+    addon = ContentviewAddon()
+    with t.context(Observe(Gateway()), addon) as tctx:
+        tctx.configure(addon, llmitm_observe_hosts=["llm.internal=openai"])
+        assert contentviews.prettify_message(f.response, f).view_name == "LLM"
+        tctx.configure(addon, llmitm_observe_hosts=[])
 
 
 @pytest.mark.parametrize(

@@ -1437,10 +1437,8 @@ def test_a_stream_broken_off_between_two_events_is_an_error(form: str) -> None:
     """Gemini's last event carries the finishReason; a stream that stops after a
     complete event without one was cut by the upstream, and must not look finished."""
     first = _event([{"text": "The answer is"}], usage=_usage(2, 1))
-    if form == "sse":
-        raw = _sse([first])
-    else:  # Google's JSON-array stream, cut before its closing bracket
-        raw = b"[" + json.dumps(first).encode()
+    # (Google's JSON-array stream: cut before its closing bracket)
+    raw = _sse([first]) if form == "sse" else b"[" + json.dumps(first).encode()
     events, t = run([raw], gspec(stream=True, wants_usage=True))
     assert t.error is not None and t.error.status == 502
     assert "finishReason" in t.error.message

@@ -26,6 +26,8 @@ PURE = [
     "providers.ollama",
     "providers.llama2",
     "providers.mistral",
+    "providers.openai_responses",
+    "providers.prices",
     "addons.routing",
     "addons.llm_request",
     "addons.config",

@@ -4,6 +4,8 @@ allow_hosts regex, and which requests are LLM operations."""
 from __future__ import annotations
 
 import re
+import ssl
+from pathlib import Path
 
 import pytest
 
@@ -195,6 +197,27 @@ def test_command_prints_the_regex(capsys: pytest.CaptureFixture[str]) -> None:
             Operation("native", "llm/v1/embeddings"),
         ),
         ("gemini", "POST", "/v1beta/models/gemini-2.5-flash:countTokens", None),
+        # Claude on Vertex AI: Anthropic's Messages API, read by the anthropic provider
+        (
+            "gemini",
+            "POST",
+            "/v1/projects/p/locations/us-east5/publishers/anthropic/models/"
+            "claude-sonnet-4-5@20250929:rawPredict",
+            Operation("native", "llm/v1/chat", "anthropic"),
+        ),
+        (
+            "gemini",
+            "POST",
+            "/v1/projects/p/locations/global/publishers/anthropic/models/"
+            "claude-haiku-4-5@20251001:streamRawPredict",
+            Operation("native", "llm/v1/chat", "anthropic"),
+        ),
+        (
+            "gemini",
+            "POST",
+            "/v1/projects/p/locations/l/publishers/anthropic/models/claude-x:countTokens",
+            None,
+        ),
         (
             "gemini",
             "POST",
@@ -219,3 +242,28 @@ def test_command_prints_the_regex(capsys: pytest.CaptureFixture[str]) -> None:
 )
 def test_operations(provider: str, method: str, path: str, expected: Operation | None) -> None:
     assert operation(provider, method, path) == expected
+
+
+def test_ca_bundle_holds_the_public_roots_and_mitmproxys_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--ca-bundle`: one file to trust in SSL_CERT_FILE, which replaces the trust
+    store: the public roots (hosts mitmproxy tunnels, with allow_hosts) and mitmproxy's
+    CA (the LLM hosts it intercepts)."""
+    import certifi
+    from mitmproxy.certs import CertStore
+
+    confdir = tmp_path / "confdir"
+    CertStore.from_store(confdir, "mitmproxy", 2048)  # what mitmdump's first run writes
+    out = tmp_path / "bundle.pem"
+    assert main(["--ca-bundle", str(out), "--confdir", str(confdir)]) == 0
+    assert f'export SSL_CERT_FILE="{out}"' in capsys.readouterr().out
+    public = ssl.create_default_context(cafile=certifi.where()).get_ca_certs()
+    mitm = ssl.create_default_context(cafile=str(confdir / "mitmproxy-ca-cert.pem"))
+    bundle = ssl.create_default_context(cafile=str(out)).get_ca_certs()
+    assert len(bundle) == len(public) + 1
+    assert mitm.get_ca_certs()[0] in bundle
+    # no CA yet (mitmproxy never ran with this confdir): a clear error, no file
+    assert main(["--ca-bundle", str(tmp_path / "x.pem"), "--confdir", str(tmp_path)]) == 1
+    assert "run mitmdump (or mitmweb) once" in capsys.readouterr().err
+    assert not (tmp_path / "x.pem").exists()

@@ -308,11 +308,14 @@ def test_totals_by_model(capsys, db: Path) -> None:
     header = out.splitlines()[0].split()
     assert header[:3] == ["model", "calls", "errors"] and "cost" in header
     rows = totals_rows(out)
-    # calls, errors, in, out, total, cost, avg latency
-    assert rows["gpt-4o"][:6] == ["6", "2", "71", "52", "123", "$0.0014"]
-    assert rows["claude-sonnet-4"][:6] == ["1", "0", "1,200", "300", "1,500", "$0.0123"]
-    assert rows["(none)"][:2] == ["1", "1"]  # the call without a model
-    assert rows["total"][:6] == ["11", "3", "1,284", "357", "1,641", "$0.0137"]
+    # calls, errors, in, out, total, cost, priced, avg latency; half of the gpt-4o calls
+    # have a cost: their sum is marked partial
+    assert rows["gpt-4o"][:7] == ["6", "2", "71", "52", "123", "$0.0014*", "3/6"]
+    assert rows["claude-sonnet-4"][:7] == ["1", "0", "1,200", "300", "1,500", "$0.0123", "1/1"]
+    # the call without a model has no cost: unknown, not $0
+    assert rows["(none)"][:7] == ["1", "1", "0", "0", "0", "-", "0/1"]
+    assert rows["total"][:7] == ["11", "3", "1,284", "357", "1,641", "$0.0137*", "5/11"]
+    assert "* a partial sum" in out
 
 
 def test_totals_by_each_group_and_options_anywhere(capsys, db: Path) -> None:
@@ -420,9 +423,47 @@ def test_show_json_is_the_whole_record(capsys, db: Path) -> None:
 # --- the store ------------------------------------------------------------------------
 
 
+def test_show_of_an_observed_call_without_payloads_names_the_observe_option(
+    capsys, tmp_path: Path
+) -> None:
+    path = tmp_path / "observed.db"
+    observed = rec("0190a000-0000-7000-8000-0000000000aa", ai(usage=Usage(3, 2)), route="observed")
+    write(path, [observed])
+    code, out, _ = traces(capsys, path, "show", observed.id)
+    assert code == 0
+    assert "llmitm_observe_payloads" in out and "log_payloads" not in out
+
+
+def test_follow_waits_for_the_store_to_appear(
+    capsys, db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`traces --follow` started before the gateway's first call waits for the store,
+    then follows it (Ctrl-C ends it with status 0)."""
+    import addons.traces_cli as traces_cli
+
+    later = tmp_path / "later" / "llmitm.db"
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 3:  # the gateway records its first calls meanwhile
+            later.parent.mkdir()
+            later.write_bytes(db.read_bytes())
+        if len(naps) == 5:  # following now: the user presses Ctrl-C
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(traces_cli.time, "sleep", nap)
+    code, out, err = traces(capsys, later, "--follow", "--limit", "2")
+    assert code == 0, err
+    assert f"no call store at {later} yet" in out
+    _, rows = table(out[out.index("time") :])
+    assert len(rows) == 2  # the backlog, once the store is there
+    assert len(naps) == 5
+
+
 def test_a_missing_store_says_how_to_get_one(capsys, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "llmitm.db"
-    for args in ([], ["totals"], ["show", "0190a000-0000"], ["--follow"], ["--json"]):
+    for args in ([], ["totals"], ["show", "0190a000-0000"], ["--json"]):
         code, out, err = traces(capsys, missing, *args)
         assert code == 1 and out == ""
         assert f"no call store at {missing}" in err
