@@ -14,8 +14,9 @@ The chain, in the order its parts run for each flow (mitmproxy sees one addon,
                   that runs only the policies configured for the call)
     AIProxy       ai-proxy routes: translate, call the provider, stream back
     ServiceProxy  other routes: proxy to the service url
-    Observe       calls to known LLM API hosts that no route handles (forward mode):
-                  recorded as route `observed`, the traffic unchanged
+    Observe       calls to known LLM API hosts that no route handles (forward mode),
+                  recorded as route `observed`, and the LLM calls of routes without
+                  ai-proxy, under the route's name; the traffic unchanged
     Recorder      one call record per call, to the route's log plugins
 """
 

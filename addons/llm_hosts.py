@@ -10,7 +10,9 @@ stop observing a built-in host) come before the built-in ones, so they win.
 `operation()` says whether a request is an LLM call and in which format: the OpenAI
 paths (`/chat/completions`, `/completions`, `/embeddings`, `/responses`) are the OpenAI
 format on any host (Ollama's `/v1`, Gemini's and Anthropic's OpenAI-compatible
-endpoints), other paths are the provider's own operations. Pure code: no mitmproxy.
+endpoints), other paths are the provider's own operations. `path_operation()` reads
+the provider from the path alone, for hosts the table does not know (the service of a
+gateway route without ai-proxy). Pure code: no mitmproxy.
 
     python -m addons.llm_hosts                    # the table
     python -m addons.llm_hosts --allow-hosts      # the regex for mitmproxy's allow_hosts
@@ -30,6 +32,7 @@ the intercepted LLM hosts and the tunnelled other hosts verify.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -240,6 +243,48 @@ def operation(provider: str, method: str, path: str) -> Operation | None:
         return Operation("native", "llm/v1/chat") if _BEDROCK_OP.search(p) else None
     kind = _NATIVE_OPS.get(provider, {}).get(p)
     return Operation("native", kind) if kind else None
+
+
+#: the native operations by the last two segments of their path, with the provider whose
+#: format they are (`anthropic/v1/messages` and `/v1/messages` alike speak Anthropic's)
+_NATIVE_TAILS: dict[str, tuple[str, str]] = {
+    path.lstrip("/"): (provider, kind)
+    for provider, ops in _NATIVE_OPS.items()
+    for path, kind in ops.items()
+}
+
+
+@functools.lru_cache(maxsize=4096)  # few paths, each asked for on every request
+def path_operation(method: str, path: str) -> tuple[str, Operation] | None:
+    """The provider whose API `method path` speaks, and the operation, for a request to
+    a host the table does not know (a gateway route's service: a vLLM, a LiteLLM, a
+    self-hosted model server), or None when the path is no LLM call's.
+
+    The format is read from the path alone: the OpenAI paths (any prefix) are OpenAI's
+    format, read by the `openai` provider; Anthropic's, Cohere's and Ollama's own
+    operations are known by their last two segments (`.../v1/messages`,
+    `.../v2/chat`, `.../api/chat`), under any prefix; Gemini's `models/M:operation`
+    (Claude on Vertex AI's `:rawPredict` included) and Bedrock's `model/M/converse`
+    by their shapes. A few string tests and one dict lookup, once per path (cached)."""
+    if method.upper() != "POST":
+        return None
+    p = path.partition("?")[0].rstrip("/")
+    for suffix, kind in _OPENAI_OPS:
+        if p.endswith(suffix):
+            return "openai", Operation("openai", kind)
+    head, _, last = p.rpartition("/")
+    found = _NATIVE_TAILS.get(f"{head.rpartition('/')[2]}/{last}")
+    if found is not None:
+        return found[0], Operation("native", found[1])
+    if ":" in last:
+        op = operation("gemini", method, p)
+        if op is not None:
+            return op.provider or "gemini", op
+    elif "/model/" in p:
+        op = operation("bedrock", method, p)
+        if op is not None:
+            return "bedrock", op
+    return None
 
 
 # ------------------------------------------------------------------ the command

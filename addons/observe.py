@@ -26,8 +26,22 @@ observed call those prices come from `llmitm_observe_prices`, else from the buil
 price database (`providers.prices`, genai-prices), looked up by the answer's model, then
 the requested one.
 
-Options: `llmitm_observe` (on by default), `llmitm_observe_hosts` (`host[:port]=provider`
-entries added to the built-in table, `host=off` to drop one), `llmitm_observe_payloads`
+Plain routes. A gateway route without ai-proxy proxies its requests to its service's
+url unchanged (`addons.router.ServiceProxy`); when such a request is an LLM call, it is
+observed the same way, under the route's own name, so that the route's log plugins
+(ai-tracing, opik-log, opentelemetry) get a record with provider, model, usage and cost.
+Which requests are LLM calls is decided once per flow in `requestheaders`, from the
+path the service gets (else the client's path): on a service whose host the host
+table knows, by that provider's operations (`llm_hosts.operation`); on any other host,
+by the format the path speaks (`llm_hosts.path_operation`: the OpenAI paths are read
+as OpenAI's, `/v1/messages` as Anthropic's, `/api/chat` as Ollama's, ...). A call
+recognised by its path alone is observed only when its body is an LLM request (a JSON
+object naming a model, or with messages, a prompt or an input): a `POST /v1/messages`
+of some messaging API stays a plain record.
+
+Options: `llmitm_observe` (on by default: forward traffic and plain routes),
+`llmitm_observe_hosts` (`host[:port]=provider` entries added to the built-in table,
+`host=off` to drop one), `llmitm_observe_payloads`
 (request and answer bodies in the records; on by default, for local debugging),
 `llmitm_observe_prices` (`[provider/]model=input/output[/cache_read[/cache_write]]`, USD
 per 1M tokens, `model=off`). The list options are repeatable (`--set` once per entry).
@@ -42,7 +56,7 @@ import re
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from mitmproxy import ctx, exceptions, http
@@ -52,7 +66,7 @@ import providers
 from addons.calls import Call, context_from_headers, now, with_body_context
 from addons.config.model import GatewayConfig, Route
 from addons.config.plugins import LOG_PLUGINS
-from addons.llm_hosts import RESPONSES, HostTable, Operation, operation
+from addons.llm_hosts import RESPONSES, HostTable, Operation, operation, path_operation
 from addons.streaming import StreamOwner
 from providers import openai_responses, prices
 from providers.base import (
@@ -87,6 +101,14 @@ _STREAM_OPERATIONS = (
 _AZURE_DEPLOYMENT = re.compile(r"/openai/deployments/([^/]+)/")
 _PATH_MODEL = re.compile(r"/models/([^/:]+):")
 _EMPTY_CONFIG = GatewayConfig(source="", routes=[], global_plugins={}, table=None)
+#: the sinks that export only LLM calls (records with `ai`)
+_LLM_SINKS = ("ai-tracing", "opik-log", "opentelemetry")
+#: request fields that make a body an LLM request (besides a model), for calls on plain
+#: routes recognised by their path alone
+_LLM_FIELDS = frozenset({"messages", "message", "prompt", "input", "contents", "inputs"})
+#: flow.metadata: how a plain route's call was recognised, "host" (the service's host is
+#: a known LLM API's) or "path" (the path's format alone); absent in forward mode
+_ON_ROUTE = "llmitm.observed_route"
 
 
 # ------------------------------------------------------ shared with preserve routes
@@ -301,6 +323,43 @@ def _observed_route(config: GatewayConfig) -> Route:
     )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Service:
+    """What observing a plain route needs of its service: the provider the host table
+    gives its host (None: not a known LLM API host) and its url's path."""
+
+    provider: str | None
+    path: str
+
+
+def _service(route: Route, hosts: HostTable) -> _Service | None:
+    """The service of a route whose calls are proxied as they are (no ai-proxy, a
+    service url), or None."""
+    service = route.service
+    if "ai-proxy" in route.plugins or service is None or not service.url:
+        return None
+    try:
+        parts = urlsplit(service.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    host = parts.hostname or ""
+    return _Service(hosts.provider_for(host, port) if host else None, parts.path.rstrip("/"))
+
+
+def _route_operation(service: _Service, method: str, path: str) -> tuple[str, Operation] | None:
+    """The provider and operation of `method path` on a plain route's service."""
+    if service.provider is None:
+        return path_operation(method, path)
+    op = operation(service.provider, method, path)
+    return (op.provider or service.provider, op) if op is not None else None
+
+
+def _llm_request(body: Any, spec: CallSpec) -> bool:
+    """Whether a body recognised only by its path is an LLM request."""
+    return isinstance(body, dict) and (spec.model is not None or not _LLM_FIELDS.isdisjoint(body))
+
+
 def _json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw) if raw else None
@@ -320,6 +379,12 @@ class Observe:
         self.hosts = HostTable()
         self.prices = PriceTable()
         self._route: tuple[GatewayConfig, Route] | None = None
+        # plain routes' services by route, and the routes warned about, per config
+        self._services: tuple[GatewayConfig | None, dict[int, _Service | None], set[str]] = (
+            None,
+            {},
+            set(),
+        )
         self._running = False
         self._prices_loading: asyncio.Task[bool] | None = None
 
@@ -331,7 +396,8 @@ class Observe:
             bool,
             True,
             "Record the calls to known LLM API hosts that no route handles (forward "
-            "proxy mode), changing nothing on the wire.",
+            "proxy mode), and the LLM calls of routes without ai-proxy, changing "
+            "nothing on the wire.",
         )
         loader.add_option(
             "llmitm_observe_hosts",
@@ -364,6 +430,7 @@ class Observe:
                 )
             except ValueError as e:
                 raise exceptions.OptionsError(f"llmitm_observe_hosts: {e}") from None
+            self._services = (None, {}, set())
         if "llmitm_observe_prices" in updated:
             try:
                 self.prices = PriceTable.from_config(
@@ -404,8 +471,11 @@ class Observe:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not self.enabled or flow.response is not None:
             return
-        if self.gw.calls.get(flow) is not None:
-            return  # a gateway route handles it (and records it)
+        routed = self.gw.calls.get(flow)
+        if routed is not None:  # a gateway route handles it (and records it)
+            if routed.route is not None and routed.match is not None:
+                self._watch_route(flow, routed)
+            return
         req = flow.request
         # the name the client asked for (Host header, also in transparent and local
         # modes), else where the request goes (a reverse mode to an LLM host)
@@ -440,6 +510,75 @@ class Observe:
         flow.metadata["llmitm.observed_format"] = op.format
         flow.metadata["llmitm.provider"] = provider.name
 
+    def _watch_route(self, flow: http.HTTPFlow, call: Call) -> None:
+        """A route's request: observed when the route proxies it as it is (no
+        ai-proxy) and its path is an LLM call's; its record keeps the route's name."""
+        config, services, warned = self._services
+        if config is not call.config:
+            config, services, warned = self._services = (call.config, {}, set())
+        route = call.route
+        assert route is not None and call.match is not None
+        key = id(route)
+        try:
+            service = services[key]
+        except KeyError:
+            service = services[key] = _service(route, self.hosts)
+        if service is None:
+            return  # an ai-proxy route (it records its calls itself), or no service url
+        req = flow.request
+        method = req.method
+        if method != "POST" and method.upper() != "POST":
+            return  # LLM calls are POSTs
+        upstream = service.path + call.match.upstream_path  # what ServiceProxy will send
+        found = _route_operation(service, method, upstream)
+        if found is None:
+            client = req.path.partition("?")[0]
+            if client != upstream:
+                # a stripped prefix: the client's path names the API (what the seed's
+                # plugin reads)
+                found = _route_operation(service, method, client)
+            if found is None:
+                if route.name not in warned:
+                    self._warn_unobserved(call, client, warned)
+                return
+        name, op = found
+        try:
+            provider = providers.get(name)
+        except KeyError:
+            return
+        call.provider = provider
+        call.log_payloads = self.payloads
+        flow.metadata["llmitm.observed"] = op.kind
+        flow.metadata["llmitm.observed_format"] = op.format
+        flow.metadata["llmitm.provider"] = provider.name
+        flow.metadata[_ON_ROUTE] = "path" if service.provider is None else "host"
+
+    @staticmethod
+    def _warn_unobserved(call: Call, path: str, warned: set[str]) -> None:
+        """Once per route and config: an LLM sink on a plain route got a POST whose path
+        is no LLM API's llmitm knows, so that sink will skip its record."""
+        assert call.route is not None
+        sinks = [
+            name
+            for name in _LLM_SINKS
+            if name in call.plugins
+            # ai-tracing sends nothing unless langfuse_enabled (Kong's default: false)
+            and getattr(call.plugins[name].config, "langfuse_enabled", True)
+        ]
+        if not sinks:
+            return
+        warned.add(call.route.name)
+        log.warning(
+            "llmitm: %s on route %r: POST %s is not a path of an LLM API llmitm knows "
+            "(OpenAI, Anthropic, Cohere, Gemini, Ollama, Bedrock), so its record carries "
+            "no model or usage and is not sent to %s (said once per route). For an LLM "
+            "server of another API, give the route ai-proxy with route_type: preserve.",
+            " and ".join(sinks),
+            call.route.name,
+            path,
+            " or ".join(sinks),
+        )
+
     # The hooks below are plain functions that return a coroutine (which mitmproxy
     # awaits) only when there is something to wait for: a large body read in a thread,
     # the price database still loading. Every other flow costs no coroutine.
@@ -452,14 +591,27 @@ class Observe:
         op = Operation(
             flow.metadata.get("llmitm.observed_format", "openai"), flow.metadata["llmitm.observed"]
         )
+        guessed = flow.metadata.get(_ON_ROUTE) == "path"
         if len(req.raw_content or b"") > OFF_LOOP_BYTES:  # e.g. images or long documents
-            return self._read_request_off_loop(flow, call, op)
-        self._read_request(call, op, req)
-        self._tag_model(flow, call)
+            return self._read_request_off_loop(flow, call, op, guessed)
+        self._requested(flow, call, self._read_request(call, op, req, guessed))
         return None
 
-    async def _read_request_off_loop(self, flow: http.HTTPFlow, call: Call, op: Operation) -> None:
-        await asyncio.to_thread(self._read_request, call, op, flow.request)
+    async def _read_request_off_loop(
+        self, flow: http.HTTPFlow, call: Call, op: Operation, guessed: bool
+    ) -> None:
+        read = await asyncio.to_thread(self._read_request, call, op, flow.request, guessed)
+        self._requested(flow, call, read)
+
+    def _requested(self, flow: http.HTTPFlow, call: Call, read: bool) -> None:
+        if not read:  # a plain route's request whose path only looked like an LLM call's
+            for key in ("llmitm.observed", "llmitm.observed_format", "llmitm.provider", _ON_ROUTE):
+                flow.metadata.pop(key, None)
+            call.provider = None
+            call.log_payloads = False
+            return
+        if _ON_ROUTE in flow.metadata:  # where the route's service proxy sends it
+            call.upstream_url = flow.request.url
         self._tag_model(flow, call)
 
     @staticmethod
@@ -553,9 +705,12 @@ class Observe:
         call = self.gw.calls.get(flow)
         return call if call is not None and call.route is not None else None
 
-    def _read_request(self, call: Call, op: Operation, req: http.Request) -> None:
+    def _read_request(
+        self, call: Call, op: Operation, req: http.Request, guessed: bool = False
+    ) -> bool:
         """The observed request: its spec (route type, model, stream), context and
-        payload. Runs in a thread for a large body."""
+        payload. Runs in a thread for a large body. False, the call left as it was, when
+        a request recognised by its path alone (`guessed`) is no LLM request."""
         assert call.provider is not None
         try:
             raw = req.get_content(strict=False) or b""
@@ -564,6 +719,8 @@ class Observe:
         body = _json(raw)
         data: dict[str, Any] = body if isinstance(body, dict) else {}
         spec = observed_spec(call.provider, op, req.method, req.path, data, raw)
+        if guessed and not _llm_request(body, spec):
+            return False
         call.spec = spec
         call.stream = spec.stream
         call.request_model = spec.model
@@ -571,6 +728,7 @@ class Observe:
         if call.log_payloads:
             call.request_payload = body if body is not None else raw.decode("utf-8", "replace")
         call.upstream_started = req.timestamp_end or now()
+        return True
 
     def _read_answer(self, call: Call, resp: http.Response) -> None:
         """A whole answer: usage, model, finish reason and payload, by the code preserve

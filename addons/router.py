@@ -76,7 +76,10 @@ def _preflight_match(config: Any, req: http.Request, host: str) -> Any:
 
 
 class ServiceProxy:
-    """Routes without ai-proxy are proxied to their service's url, as in Kong."""
+    """Routes without ai-proxy are proxied to their service's url, as in Kong. Their
+    requests pass unchanged; the ones that are LLM calls are observed on the way
+    (`addons.observe.Observe`, after this in the chain: provider, model, usage and cost
+    in the record, for the route's log plugins)."""
 
     name = "llmitm-service-proxy"
 

@@ -1,5 +1,6 @@
 """The host table of observe mode: matching, wildcards, ports, configured entries, the
-allow_hosts regex, and which requests are LLM operations."""
+allow_hosts regex, and which requests are LLM operations (on a known host, and by the
+path alone on any other)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from addons.llm_hosts import (
     main,
     operation,
     parse_entry,
+    path_operation,
 )
 
 TABLE = HostTable()
@@ -242,6 +244,73 @@ def test_command_prints_the_regex(capsys: pytest.CaptureFixture[str]) -> None:
 )
 def test_operations(provider: str, method: str, path: str, expected: Operation | None) -> None:
     assert operation(provider, method, path) == expected
+
+
+CHAT = Operation("native", "llm/v1/chat")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        # the OpenAI paths, under any prefix: OpenAI's format, read by `openai`
+        ("POST", "/v1/chat/completions", ("openai", Operation("openai", "llm/v1/chat"))),
+        ("POST", "/chat/completions", ("openai", Operation("openai", "llm/v1/chat"))),
+        ("post", "/v1/chat/completions/", ("openai", Operation("openai", "llm/v1/chat"))),
+        ("POST", "/vllm/v1/completions?x=1", ("openai", Operation("openai", "llm/v1/completions"))),
+        ("POST", "/v1/embeddings", ("openai", Operation("openai", "llm/v1/embeddings"))),
+        ("POST", "/openai/v1/responses", ("openai", Operation("openai", RESPONSES))),
+        ("POST", "/api/v1/chat/completions", ("openai", Operation("openai", "llm/v1/chat"))),
+        # native operations by their last two segments, with or without a prefix
+        ("POST", "/v1/messages", ("anthropic", CHAT)),
+        ("POST", "/anthropic/v1/messages?beta=true", ("anthropic", CHAT)),
+        ("POST", "/v1/complete", ("anthropic", Operation("native", "llm/v1/completions"))),
+        ("POST", "/cohere/v2/chat", ("cohere", CHAT)),
+        ("POST", "/v1/chat", ("cohere", CHAT)),
+        ("POST", "/v2/embed", ("cohere", Operation("native", "llm/v1/embeddings"))),
+        ("POST", "/api/chat", ("ollama", CHAT)),
+        ("POST", "/ollama/api/generate", ("ollama", Operation("native", "llm/v1/completions"))),
+        ("POST", "/api/embed", ("ollama", Operation("native", "llm/v1/embeddings"))),
+        # an OpenAI path first (Open WebUI's; Ollama's own /api/embeddings is deprecated)
+        ("POST", "/api/embeddings", ("openai", Operation("openai", "llm/v1/embeddings"))),
+        ("POST", "/v1beta/models/gemini-2.5-flash:generateContent", ("gemini", CHAT)),
+        (
+            "POST",
+            "/gemini/v1beta/models/text-embedding-004:embedContent",
+            ("gemini", Operation("native", "llm/v1/embeddings")),
+        ),
+        (
+            "POST",
+            "/v1/projects/p/locations/l/publishers/anthropic/models/claude-x:rawPredict",
+            ("anthropic", Operation("native", "llm/v1/chat", "anthropic")),
+        ),
+        ("POST", "/model/m/converse-stream", ("bedrock", CHAT)),
+        # not LLM calls
+        ("GET", "/v1/chat/completions", None),
+        ("POST", "/v1/models", None),
+        ("POST", "/v1/messages/batches", None),
+        ("POST", "/v1/messages/count_tokens", None),
+        ("POST", "/v3/chat", None),
+        ("POST", "/chat", None),
+        ("POST", "/messages", None),
+        ("POST", "/v1beta/models/gemini-2.5-flash:countTokens", None),
+        ("POST", "/files/a:b", None),
+        ("POST", "/model/m/other", None),
+        ("POST", "/", None),
+        ("POST", "", None),
+    ],
+)
+def test_path_operations(method: str, path: str, expected: tuple[str, Operation] | None) -> None:
+    assert path_operation(method, path) == expected
+
+
+def test_path_operations_name_existing_providers() -> None:
+    """Each provider a path can name is one of providers/ (observed calls need it)."""
+    names = set(providers.registry())
+    paths = ["/v1/chat/completions", "/v1/messages", "/v2/chat", "/api/chat", "/model/m/invoke"]
+    paths.append("/v1beta/models/g:generateContent")
+    for path in paths:
+        found = path_operation("POST", path)
+        assert found is not None and found[0] in names, path
 
 
 def test_ca_bundle_holds_the_public_roots_and_mitmproxys_ca(
