@@ -103,7 +103,13 @@ class AIProxy:
             return
         length = flow.request.headers.get("content-length", "")
         if length.isdigit() and int(length) > conf.max_request_body_size:
-            self._reply_error(flow, call, conf, _too_large(int(length), conf), "gateway")
+            self._reply_error(
+                flow,
+                call,
+                conf,
+                llm_request.too_large(int(length), conf.max_request_body_size),
+                "gateway",
+            )
 
     async def request(self, flow: http.HTTPFlow) -> None:
         call, conf = self._route_conf(flow)
@@ -141,14 +147,9 @@ class AIProxy:
     # ------------------------------------------------------------------ the call
 
     async def _proxy(self, flow: http.HTTPFlow, call: Call, conf: AIProxyConfig) -> None:
-        try:
-            raw = flow.request.content or b""
-        except ValueError:
-            raise llm_request.bad_request(
-                "cannot decode the request body's content-encoding"
-            ) from None
+        raw = llm_request.body_bytes(flow.request)
         if len(raw) > conf.max_request_body_size:
-            raise _too_large(len(raw), conf)
+            raise llm_request.too_large(len(raw), conf.max_request_body_size)
         # a key the client sends under the route's auth names never reaches the record
         # (the router adds them too; a consumer's own ai-proxy may name others)
         call.secret_names.update(auth_names(conf))
@@ -693,13 +694,3 @@ def whole_answer_as_sse(route_type: RouteType, reply: Reply) -> list[bytes]:
 def _passthrough(spec: CallSpec) -> bool:
     """The client gets the upstream's own bytes (preserve routes, native llm_format)."""
     return spec.route_type is RouteType.PRESERVE or spec.native
-
-
-def _too_large(size: int, conf: AIProxyConfig) -> ProviderError:
-    return ProviderError(
-        413,
-        f"request body of {size} bytes exceeds max_request_body_size "
-        f"({conf.max_request_body_size} bytes)",
-        "invalid_request_error",
-        "request_too_large",
-    )

@@ -28,6 +28,24 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return ProviderError(400, message, "invalid_request_error", code, param)
 
 
+def body_bytes(request: Any) -> bytes:
+    """A mitmproxy request's body, decoded (gzip, ...); a 400 when it cannot be."""
+    try:
+        return request.content or b""
+    except ValueError:
+        raise bad_request("cannot decode the request body's content-encoding") from None
+
+
+def too_large(size: int, limit: int) -> ProviderError:
+    """The 413 of a body over a plugin's `max_request_body_size`."""
+    return ProviderError(
+        413,
+        f"request body of {size} bytes exceeds max_request_body_size ({limit} bytes)",
+        "invalid_request_error",
+        "request_too_large",
+    )
+
+
 #: deepest nesting of arrays and objects a request body may have. Real requests stay far
 #: below it (a JSON schema of a tool is a few dozen levels at most); deeper ones would
 #: hit Python's recursion limit in the encoders after us, and orjson's (254 levels) when

@@ -106,13 +106,7 @@ def json_body(flow: http.HTTPFlow, call: Call) -> dict[str, Any]:
     """The request body as a JSON object, parsed once per call (raises a 400
     ProviderError when it is not one)."""
     if call.body is None:
-        try:
-            raw = flow.request.content or b""
-        except ValueError:
-            raise llm_request.bad_request(
-                "cannot decode the request body's content-encoding"
-            ) from None
-        call.body = llm_request.parse_json(raw)
+        call.body = llm_request.parse_json(llm_request.body_bytes(flow.request))
     return call.body
 
 

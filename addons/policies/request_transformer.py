@@ -28,6 +28,7 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+from addons import llm_request
 from addons.policies import sanitizer
 from addons.policies._llm_call import (
     TransformerConfig,
@@ -71,7 +72,7 @@ class Policy(PolicyAddon):
             return
         length = flow.request.headers.get("content-length", "")
         if length.isdigit() and int(length) > conf.max_request_body_size:
-            refuse(flow, call, NAME, _too_large(int(length), conf))
+            refuse(flow, call, NAME, llm_request.too_large(int(length), conf.max_request_body_size))
 
     async def request(self, flow: http.HTTPFlow) -> None:
         call, conf = self.active(flow)
@@ -80,17 +81,9 @@ class Policy(PolicyAddon):
         await transform_or_refuse(flow, call, NAME, self._transform(flow, call, conf))
 
     async def _transform(self, flow: http.HTTPFlow, call: Call, conf: Config) -> None:
-        try:
-            raw = flow.request.content or b""
-        except ValueError:
-            raise ProviderError(
-                400,
-                "cannot decode the request body's content-encoding",
-                "invalid_request_error",
-                "bad_request",
-            ) from None
+        raw = llm_request.body_bytes(flow.request)
         if len(raw) > conf.max_request_body_size:
-            raise _too_large(len(raw), conf)
+            raise llm_request.too_large(len(raw), conf.max_request_body_size)
         sent = raw.decode("utf-8", "replace")
         shield = sanitizer.prompt_masker(flow, call)
         if shield is not None:
@@ -150,16 +143,6 @@ async def _masked(text: str, conf: sanitizer.Config, masker: sanitizer.Masker) -
     if isinstance(masked, str):
         return masked
     return json.dumps(masked, ensure_ascii=False)
-
-
-def _too_large(size: int, conf: Config) -> ProviderError:
-    return ProviderError(
-        413,
-        f"request body of {size} bytes exceeds max_request_body_size "
-        f"({conf.max_request_body_size} bytes)",
-        "invalid_request_error",
-        "request_too_large",
-    )
 
 
 def _failed(message: str) -> ProviderError:
