@@ -434,7 +434,7 @@ def writable(record: CallRecord) -> CallRecord:
     too deeply would make orjson refuse it, and a sink would lose the whole batch it is
     in. One encoding checks it; the rare record that fails is cleaned field by field."""
     try:
-        orjson.dumps(record.to_dict(), default=str)
+        record.encoded()  # kept: file-log and the store write these bytes
         return record
     except TypeError:  # orjson.JSONEncodeError
         pass

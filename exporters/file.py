@@ -25,8 +25,6 @@ import queue
 import threading
 import time
 
-import orjson
-
 from exporters._threads import run_blocking
 from exporters.record import CallRecord
 
@@ -56,7 +54,7 @@ class FileSink:
         self._thread: threading.Thread | None = None
 
     async def send(self, records: list[CallRecord]) -> None:
-        data = b"".join(orjson.dumps(r.to_dict(), default=str) + b"\n" for r in records)
+        data = b"".join(r.encoded() + b"\n" for r in records)
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from providers.base import Usage
 
 
@@ -96,6 +98,16 @@ class CallRecord:
     ai: AIInfo | None = None
     context: dict[str, Any] = field(default_factory=dict)
     error: dict[str, Any] | None = None
+    # to_dict() as JSON, encoded once for every sink that writes the record whole
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def encoded(self) -> bytes:
+        """The record as JSON (`to_dict()`, orjson), encoded at the first call and kept:
+        a record is not changed once it is handed to the sinks. Raises orjson's
+        TypeError for what it cannot encode (see addons.recorder.writable)."""
+        if self._json is None:
+            self._json = orjson.dumps(self.to_dict(), default=str)
+        return self._json
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data (what file-log writes, one per line)."""

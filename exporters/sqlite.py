@@ -42,7 +42,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pydantic import Field
 
 from exporters._threads import run_blocking
@@ -234,14 +233,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _dump(data: dict[str, Any]) -> tuple[str, bool]:
+def _dump(record: CallRecord) -> tuple[str, bool]:
     """The record as JSON text, and whether it was clean UTF-8. orjson refuses lone
     surrogates and integers beyond 64 bits, which decoded request bodies may hold: the
     json module writes those (surrogates escaped)."""
     try:
-        return orjson.dumps(data, default=str).decode(), True
+        return record.encoded().decode(), True
     except TypeError:
-        return json.dumps(data, default=str, ensure_ascii=True), False
+        return json.dumps(record.to_dict(), default=str, ensure_ascii=True), False
 
 
 def row(record: CallRecord) -> tuple[Any, ...]:
@@ -255,7 +254,7 @@ def row(record: CallRecord) -> tuple[Any, ...]:
     ttft = ai.time_to_first_token_ms if ai is not None else None
     if ttft is None:
         ttft = lat.get("time_to_first_token")
-    text, clean = _dump(record.to_dict())
+    text, clean = _dump(record)
     values = (
         record.id,
         int(record.started_at * 1000),
