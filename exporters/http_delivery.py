@@ -563,8 +563,8 @@ class HttpDelivery:
                 lane.channel,
                 verdict.reason,
             )
-            await self._consume(lane, 1, from_spool)
             self._answered(lane)
+            await self._consume(lane, 1, from_spool)
             return
         retry = verdict.retry
         if verdict.hold:
@@ -603,9 +603,11 @@ class HttpDelivery:
                 lane.channel,
                 verdict.reason,
             )
+        # the lane is healthy as soon as the answer is read (before the spool catches up:
+        # a reader of the stats must not see the items sent and the settings still refused)
+        self._answered(lane)
         # the batch is done with, but for a partial retry
         await self._consume(lane, n, from_spool)
-        self._answered(lane)
         if retry:
             if from_spool:
                 await self._to_spool(lane, retry)
