@@ -24,7 +24,7 @@ import providers
 from addons import llm_request
 from addons.calls import Call, auth_names, configured_model, now, with_body_context
 from addons.config.plugins import AIProxyConfig
-from addons.errors import from_provider_error
+from addons.errors import from_provider_error, make_response
 from addons.observe import read_passthrough, stream_observer
 from addons.state import Gateway
 from addons.streaming import StreamOwner
@@ -270,8 +270,7 @@ class AIProxy:
         drop_auth = _CLIENT_AUTH | set(provider.auth_headers) if own_auth else frozenset()
         override_name = auth.header_name.lower() if auth.header_name else None
         headers: dict[str, str] = {}
-        for name, value in flow.request.headers.items():
-            low = name.lower()
+        for low, value in llm_request.header_dict(flow.request.headers).items():
             if low in _DROP_REQUEST or low.startswith("x-llmitm"):
                 continue
             if low in drop_auth and not (auth.allow_override and low == override_name):
@@ -340,7 +339,7 @@ class AIProxy:
                 err = generic_error(provider.name, resp.status, resp.header_dict(), resp.body)
             call.fail(err, "upstream")
             if passthrough:  # untouched, as the upstream sent it
-                flow.response = http.Response.make(
+                flow.response = make_response(
                     resp.status, resp.body, self._headers(call, conf, upstream_headers)
                 )
             else:
@@ -396,7 +395,7 @@ class AIProxy:
             call.response_payload = reply.data
         if not passthrough:
             upstream_headers["content-type"] = "application/json"
-        flow.response = http.Response.make(
+        flow.response = make_response(
             resp.status, reply.body, self._headers(call, conf, upstream_headers)
         )
 

@@ -63,6 +63,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.utils.asyncio_utils import create_task
 
 import providers
+from addons import llm_request
 from addons.calls import Call, context_from_headers, now, with_body_context
 from addons.config.model import GatewayConfig, Route
 from addons.config.plugins import LOG_PLUGINS
@@ -736,7 +737,7 @@ class Observe:
         Runs in a thread for a large body."""
         assert call.provider is not None and call.spec is not None
         body = resp.get_content(strict=False) or b""
-        headers = {k.lower(): v for k, v in resp.headers.items()}
+        headers = llm_request.header_dict(resp.headers)
         spec = call.spec
         status = resp.status_code
         adapter = _adapter(call.provider, spec)

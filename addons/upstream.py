@@ -310,6 +310,9 @@ class Upstream:
                 connector=connector,
                 # an HTTPS_PROXY meant for apps must not loop us through ourselves
                 trust_env=False,
+                # no cookies kept between calls: a provider's Set-Cookie (a load
+                # balancer's, a CDN's) must not follow one client's call into another's
+                cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=("User-Agent",),
                 auto_decompress=True,
             )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 
 _lock = threading.Lock()
 _first_ms = 0  # the millisecond asked for when the current run of ids began
@@ -35,4 +34,6 @@ def uuid7(at: float | None = None) -> str:
         seq = _seq
     rand_b = random.getrandbits(62)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand_b
-    return str(uuid.UUID(int=value))
+    # str(uuid.UUID(int=value)), without building the UUID (a third of the time)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

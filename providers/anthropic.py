@@ -64,6 +64,7 @@ from providers.base import (
     compact_json,
     generic_error,
     join_url,
+    json_body,
     preserve_url,
 )
 
@@ -1009,7 +1010,7 @@ class Anthropic(Provider):
             "accept": "text/event-stream" if spec.stream else "application/json",
             "anthropic-version": spec.options.anthropic_version or "2023-06-01",
         }
-        return UpstreamRequest("POST", url, headers, orjson.dumps(body), spec.stream)
+        return UpstreamRequest("POST", url, headers, json_body(body), spec.stream)
 
     def build_native_request(self, spec: CallSpec) -> UpstreamRequest:
         """A Messages API request passed through; the route's `anthropic_version` is

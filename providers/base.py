@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import orjson
+
 from providers.options import ModelOptions
 
 
@@ -232,6 +234,17 @@ def as_int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def json_body(value: Any) -> bytes:
+    """A request body for an upstream: compact UTF-8 JSON from orjson (a twentieth of
+    the json module's time on a long conversation), or compact ASCII JSON from the json
+    module for what orjson refuses (an integer beyond 64 bits, a lone surrogate, a key
+    that is not a string)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
 def compact_json(value: Any) -> str:
     """JSON without spaces, non-ASCII kept: tool-call arguments, as OpenAI sends them."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -375,7 +388,7 @@ class Provider:
         body = spec.body if isinstance(spec.body, dict) else {}
         raw = spec.raw_body
         if spec.model and body.get("model") != spec.model:
-            raw = json.dumps({**body, "model": spec.model}).encode()
+            raw = json_body({**body, "model": spec.model})
         headers = {"content-type": "application/json"}
         return UpstreamRequest(
             spec.method,

@@ -129,6 +129,7 @@ from providers.base import (
     error_type_for,
     generic_error,
     join_url,
+    json_body,
     new_completion_id,
     preserve_url,
 )
@@ -1339,7 +1340,7 @@ class Bedrock(Provider):
             path = f"/model/{encode_model_id(model)}/invoke"
             url = join_url(spec.options.upstream_url, self.base_url(spec.options), path)
             headers = {"content-type": "application/json", "accept": "application/json"}
-            body = json.dumps(embeddings_body(spec, model), ensure_ascii=False).encode()
+            body = json_body(embeddings_body(spec, model))
             return UpstreamRequest("POST", url, headers, body, False)
         if spec.route_type is not RouteType.CHAT:
             raise ProviderError(400, f"bedrock cannot serve route_type {spec.route_type}")
@@ -1352,7 +1353,7 @@ class Bedrock(Provider):
             "POST",
             self.url_for(spec, model, spec.stream),
             headers,
-            json.dumps(body, ensure_ascii=False).encode(),
+            json_body(body),
             spec.stream,
         )
 

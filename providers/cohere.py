@@ -101,6 +101,7 @@ from providers.base import (
     estimate_tokens,
     generic_error,
     join_url,
+    json_body,
     new_completion_id,
     preserve_url,
 )
@@ -1601,7 +1602,7 @@ class Cohere(Provider):
         # v1 streams are newline-delimited JSON by default (an `Accepts: text/event-stream`
         # header would turn them into SSE): no accept header of ours
         url = join_url(spec.options.upstream_url, self.default_base_url, path)
-        return UpstreamRequest("POST", url, headers, orjson.dumps(body), stream)
+        return UpstreamRequest("POST", url, headers, json_body(body), stream)
 
     def parse_response(
         self, spec: CallSpec, status: int, headers: dict[str, str], body: bytes

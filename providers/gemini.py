@@ -82,6 +82,7 @@ from providers.base import (
     estimate_tokens,
     generic_error,
     join_url,
+    json_body,
     new_completion_id,
 )
 
@@ -1204,14 +1205,12 @@ class Gemini(Provider):
             model = _model_id(spec.model)
             op = "predict" if _vertex(spec) else "batchEmbedContents"
             body = _embedding_request(spec, model)
-            return UpstreamRequest(
-                "POST", operation_url(spec, op), headers, json.dumps(body).encode()
-            )
+            return UpstreamRequest("POST", operation_url(spec, op), headers, json_body(body))
         body = to_gemini(spec.body)
         url = operation_url(spec, "generateContent", spec.stream)
         if spec.stream:
             headers["accept"] = "text/event-stream"
-        return UpstreamRequest("POST", url, headers, json.dumps(body).encode(), spec.stream)
+        return UpstreamRequest("POST", url, headers, json_body(body), spec.stream)
 
     def _host_url(self, spec: CallSpec, path: str, query: str) -> str:
         vertex = _vertex(spec)

@@ -112,6 +112,7 @@ from providers.base import (
     error_type_for,
     estimate_tokens,
     generic_error,
+    json_body,
     new_completion_id,
     preserve_url,
 )
@@ -957,11 +958,11 @@ class HuggingFace(Provider):
                     "dimensions",
                 )
             body = {"inputs": _embedding_inputs(spec.body)}
-            return UpstreamRequest("POST", _embeddings_url(spec), headers, orjson.dumps(body))
+            return UpstreamRequest("POST", _embeddings_url(spec), headers, json_body(body))
         url = _text_generation_url(spec)
         body = text_generation_body(spec, url)
         headers["accept"] = "text/event-stream" if spec.stream else "application/json"
-        return UpstreamRequest("POST", url, headers, orjson.dumps(body), spec.stream)
+        return UpstreamRequest("POST", url, headers, json_body(body), spec.stream)
 
     def parse_response(
         self, spec: CallSpec, status: int, headers: dict[str, str], body: bytes

@@ -72,6 +72,7 @@ from providers.base import (
     estimate_tokens,
     generic_error,
     join_url,
+    json_body,
     new_completion_id,
     preserve_url,
 )
@@ -828,7 +829,7 @@ class Mistral(Provider):
             "content-type": "application/json",
             "accept": "text/event-stream" if stream else "application/json",
         }
-        return UpstreamRequest("POST", url, headers, orjson.dumps(body), stream)
+        return UpstreamRequest("POST", url, headers, json_body(body), stream)
 
     def parse_response(
         self, spec: CallSpec, status: int, headers: dict[str, str], body: bytes

@@ -87,6 +87,7 @@ from providers.base import (
     estimate_tokens,
     generic_error,
     join_url,
+    json_body,
     new_completion_id,
     preserve_url,
     text_of_messages,
@@ -472,7 +473,7 @@ def build_upstream(spec: CallSpec, url: str, name: str = NAME) -> UpstreamReques
         "content-type": "application/json",
         "accept": "application/x-ndjson" if stream else "application/json",
     }
-    return UpstreamRequest("POST", url, headers, orjson.dumps(body), stream)
+    return UpstreamRequest("POST", url, headers, json_body(body), stream)
 
 
 # ------------------------------------------------------------------ answers

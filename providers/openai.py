@@ -25,6 +25,7 @@ from providers.base import (
     as_int,
     generic_error,
     join_url,
+    json_body,
     preserve_url,
 )
 
@@ -246,7 +247,7 @@ class OpenAI(Provider):
             "content-type": "application/json",
             "accept": "text/event-stream" if spec.stream else "application/json",
         }
-        return UpstreamRequest("POST", url, headers, json.dumps(body).encode(), spec.stream)
+        return UpstreamRequest("POST", url, headers, json_body(body), spec.stream)
 
     def parse_response(
         self, spec: CallSpec, status: int, headers: dict[str, str], body: bytes

@@ -98,6 +98,7 @@ from providers.base import (
     as_int,
     error_type_for,
     generic_error,
+    json_body,
     preserve_url,
 )
 from providers.openai import OpenAI, OpenAIStream, usage_from_openai
@@ -568,9 +569,7 @@ class OpenAICompatible(OpenAI):
             "content-type": "application/json",
             "accept": "text/event-stream" if spec.stream else "application/json",
         }
-        return UpstreamRequest(
-            "POST", self.url_for(spec), headers, json.dumps(body).encode(), spec.stream
-        )
+        return UpstreamRequest("POST", self.url_for(spec), headers, json_body(body), spec.stream)
 
     def request_body(self, spec: CallSpec) -> dict[str, Any]:
         """The client's OpenAI body with the model set and this host's quirks applied."""
