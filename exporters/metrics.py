@@ -58,8 +58,10 @@ otherwise.
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -70,14 +72,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     GCCollector,
-    Histogram,
     Info,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
 from pydantic import Field
 
 from exporters._threads import run_blocking
@@ -249,7 +251,6 @@ class Metrics:
         self.calls: dict[str, int] = {"ok": 0, "error": 0, "client_aborted": 0}
         self._exporters: dict[str, ExporterStats] = {}
         self._snapshot: dict[str, ExporterStats] = {}
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._failed_once = False
         self._runner: web.AppRunner | None = None
         self.host: str | None = None
@@ -263,59 +264,51 @@ class Metrics:
 
         r = self.registry
         ai = ["ai_provider", "ai_model", "route"]
-        self.ai_requests = Counter(
+        self.ai_requests = _CallCounter(
             "ai_llm_requests_total",
             "AI requests sent to LLM providers",
             [*ai, "request_mode", "status", "consumer"],
-            registry=r,
         )
-        self.ai_tokens = Counter(
+        self.ai_tokens = _CallCounter(
             "ai_llm_tokens_total",
             "AI tokens counted by LLM providers (or estimated by the gateway)",
             [*ai, "token_type", "consumer"],
-            registry=r,
         )
-        self.ai_cost = Counter(
+        self.ai_cost = _CallCounter(
             "ai_llm_cost_total",
             "AI cost charged by LLM providers (from the route's prices or the provider's own figure)",
             [*ai, "consumer"],
-            registry=r,
         )
-        self.ai_latency = Histogram(
+        self.ai_latency = _CallHistogram(
             "ai_llm_provider_latency_ms",
             "Time taken by the LLM provider to return a response, in ms",
             [*ai, "request_mode"],
             buckets=LATENCY_MS_BUCKETS,
-            registry=r,
         )
-        self.ai_ttft = Histogram(
+        self.ai_ttft = _CallHistogram(
             "ai_llm_time_to_first_token_ms",
             "Time to the first streamed token, from the client's request, in ms",
             ai,
             buckets=TTFT_MS_BUCKETS,
-            registry=r,
         )
         gen_ai = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
-        self.gen_ai_tokens = Histogram(
+        self.gen_ai_tokens = _CallHistogram(
             "gen_ai_client_token_usage",
             "Number of input and output tokens used",
             [*gen_ai, "gen_ai_token_type"],
             buckets=OTEL_TOKEN_BUCKETS,
-            registry=r,
         )
-        self.gen_ai_duration = Histogram(
+        self.gen_ai_duration = _CallHistogram(
             "gen_ai_client_operation_duration_seconds",
             "GenAI operation duration",
             [*gen_ai, "error_type"],
             buckets=OTEL_SECONDS_BUCKETS,
-            registry=r,
         )
-        self.gen_ai_ttfc = Histogram(
+        self.gen_ai_ttfc = _CallHistogram(
             "gen_ai_client_operation_time_to_first_chunk_seconds",
             "Time to receive the first chunk of a streamed response",
             gen_ai,
             buckets=OTEL_SECONDS_BUCKETS,
-            registry=r,
         )
         self.store_unavailable = Counter(
             "llmitm_policy_store_unavailable_total",
@@ -324,44 +317,40 @@ class Metrics:
             ["plugin", "outcome"],
             registry=r,
         )
-        self.http_requests = Counter(
+        self.http_requests = _CallCounter(
             "llmitm_http_requests_total",
             "Requests through the gateway per route, HTTP code and call status",
             ["route", "code", "status", "consumer"],
-            registry=r,
         )
-        self.request_latency = Histogram(
+        self.request_latency = _CallHistogram(
             "llmitm_request_latency_ms",
             "Whole call latency as the client saw it, in ms",
             ["route", "status"],
             buckets=LATENCY_MS_BUCKETS,
-            registry=r,
         )
-        self.upstream_latency = Histogram(
+        self.upstream_latency = _CallHistogram(
             "llmitm_upstream_latency_ms",
             "Time spent waiting for the upstream, in ms",
             ["route"],
             buckets=LATENCY_MS_BUCKETS,
-            registry=r,
         )
-        self.gateway_latency = Histogram(
+        self.gateway_latency = _CallHistogram(
             "llmitm_gateway_latency_ms",
             "Time the gateway itself added, in ms",
             ["route"],
             buckets=GATEWAY_MS_BUCKETS,
-            registry=r,
         )
-        self.bandwidth = Counter(
+        self.bandwidth = _CallCounter(
             "llmitm_bandwidth_bytes_total",
             "Request (ingress) and response (egress) body bytes",
             ["route", "direction"],
-            registry=r,
         )
         self.config_routes = Gauge(
             "llmitm_config_routes", "Routes in the running config", registry=r
         )
         Info("llmitm", "The gateway", registry=r).info({"version": self.version})
         r.register(_ExporterCollector(self))
+        r.register(_CallCollector(self))
         if process_collectors:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -422,13 +411,6 @@ class Metrics:
                 self._failed_once = True
                 log.exception("llmitm: could not update the metrics of a call")
 
-    def _child(self, metric: Any, *values: str) -> Any:
-        key = (id(metric), values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*values)
-        return child
-
     def _observe(self, record: CallRecord, o: PrometheusConfig) -> None:
         status = record.status
         self.calls[status] = self.calls.get(status, 0) + 1
@@ -443,23 +425,23 @@ class Metrics:
                 label = str(code) if 100 <= code <= 599 else OTHER
             else:  # no response: nginx's 499 for a client that left, else unknown
                 label = "499" if status == "client_aborted" else ""
-            self._child(self.http_requests, route, label, status, consumer).inc()
+            self.http_requests.inc((route, label, status, consumer))
 
         if o.latency_metrics:
             if total_ms is not None:
-                self._child(self.request_latency, route, status).observe(total_ms)
+                self.request_latency.observe((route, status), total_ms)
             if lat.get("proxy") is not None:
-                self._child(self.upstream_latency, route).observe(lat["proxy"])
+                self.upstream_latency.observe((route,), lat["proxy"])
             if lat.get("gateway") is not None:
-                self._child(self.gateway_latency, route).observe(max(lat["gateway"], 0.0))
+                self.gateway_latency.observe((route,), max(lat["gateway"], 0.0))
 
         if o.bandwidth_metrics:
             size_in = (record.request or {}).get("size")
             size_out = (record.response or {}).get("size")
             if size_in:
-                self._child(self.bandwidth, route, "ingress").inc(size_in)
+                self.bandwidth.inc((route, "ingress"), size_in)
             if size_out:
-                self._child(self.bandwidth, route, "egress").inc(size_out)
+                self.bandwidth.inc((route, "egress"), size_out)
 
         ai = record.ai
         if ai is None or not o.ai_metrics:
@@ -470,16 +452,16 @@ class Metrics:
         op = OPERATIONS.get(ai.route_type, ai.route_type)
         gp = self._providers(gen_ai_provider(ai.provider, ai.upstream_url))
 
-        self._child(self.ai_requests, provider, model, route, mode, status, consumer).inc()
+        self.ai_requests.inc((provider, model, route, mode, status, consumer))
         if ai.llm_latency_ms is not None:
-            self._child(self.ai_latency, provider, model, route, mode).observe(ai.llm_latency_ms)
+            self.ai_latency.observe((provider, model, route, mode), ai.llm_latency_ms)
         if total_ms is not None:
             error = "" if status == "ok" else _error_type(record)
-            self._child(self.gen_ai_duration, op, gp, model, error).observe(total_ms / 1000)
+            self.gen_ai_duration.observe((op, gp, model, error), total_ms / 1000)
         ttft = ai.time_to_first_token_ms
         if ai.stream and ttft is not None:
-            self._child(self.ai_ttft, provider, model, route).observe(ttft)
-            self._child(self.gen_ai_ttfc, op, gp, model).observe(ttft / 1000)
+            self.ai_ttft.observe((provider, model, route), ttft)
+            self.gen_ai_ttfc.observe((op, gp, model), ttft / 1000)
 
         if not ai.log_statistics:
             return
@@ -494,14 +476,12 @@ class Metrics:
                 ("reasoning_tokens", usage.reasoning_tokens),
             ):
                 if n or token_type in ("prompt_tokens", "completion_tokens", "total_tokens"):
-                    self._child(self.ai_tokens, provider, model, route, token_type, consumer).inc(n)
-            self._child(self.gen_ai_tokens, op, gp, model, "input").observe(usage.prompt_tokens)
+                    self.ai_tokens.inc((provider, model, route, token_type, consumer), n)
+            self.gen_ai_tokens.observe((op, gp, model, "input"), usage.prompt_tokens)
             if ai.route_type != "llm/v1/embeddings":  # embeddings have no output tokens
-                self._child(self.gen_ai_tokens, op, gp, model, "output").observe(
-                    usage.completion_tokens
-                )
+                self.gen_ai_tokens.observe((op, gp, model, "output"), usage.completion_tokens)
         if ai.cost is not None:
-            self._child(self.ai_cost, provider, model, route, consumer).inc(ai.cost)
+            self.ai_cost.inc((provider, model, route, consumer), ai.cost)
 
     # -- scraping
 
@@ -632,3 +612,79 @@ class _ExporterCollector:
         yield refused
         yield depth
         yield misconfigured
+
+
+# -- the per-call metrics ---------------------------------------------------------------
+
+
+class _CallCounter:
+    """A labelled counter of the per-call metrics, kept in a dict: `Metrics.observe`
+    updates a dozen series per call, and prometheus_client's own metrics (a child
+    object per label set, a lock per update) made that 26 µs of every call. The event
+    loop is the only writer; `_CallCollector` renders the series at scrape time,
+    as prometheus_client's Counter would."""
+
+    __slots__ = ("name", "documentation", "labelnames", "values")
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError(f"{self.name}: a counter cannot go down ({amount})")
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in list(self.values.items()):
+            family.add_metric(labels, value)
+        return family
+
+
+class _CallHistogram:
+    """A labelled histogram of the per-call metrics (see `_CallCounter`): per label set,
+    the count of each bucket (not cumulative) and the sum, last."""
+
+    __slots__ = ("name", "documentation", "labelnames", "bounds", "values")
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Iterable[str], buckets: Iterable[float]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = tuple(float(b) for b in buckets)  # +Inf is implied, last
+        self.values: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        row = self.values.get(labels)
+        if row is None:
+            row = self.values[labels] = [0.0] * (len(self.bounds) + 2)
+        row[bisect_left(self.bounds, value)] += 1  # the first bucket with le >= value
+        row[-1] += value
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        les = [*(floatToGoString(b) for b in self.bounds), "+Inf"]
+        for labels, row in list(self.values.items()):
+            counts = itertools.accumulate(row[:-1])
+            family.add_metric(labels, list(zip(les, counts, strict=True)), row[-1])
+        return family
+
+
+class _CallCollector:
+    """The per-call metrics (`_CallCounter`, `_CallHistogram`), read at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        for value in vars(self.metrics).values():
+            if isinstance(value, _CallCounter | _CallHistogram):
+                yield value.family()
