@@ -310,12 +310,7 @@ class AIProxy:
         spec: CallSpec,
         up: UpstreamRequest,
     ) -> None:
-        service = call.route.service if call.route else None
-        timeouts = (
-            Timeouts(service.connect_timeout, service.read_timeout, service.write_timeout)
-            if service
-            else Timeouts()
-        )
+        timeouts = Timeouts.of(call.route)
         call.upstream_started = now()
         try:
             resp = await self._watched(flow, call, self.gw.upstream.send(up, timeouts))

@@ -30,6 +30,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -37,6 +38,9 @@ import certifi
 
 from addons import mock_upstream
 from providers.base import ProviderError, UpstreamRequest
+
+if TYPE_CHECKING:
+    from addons.config.model import Route
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,14 @@ class Timeouts:
     connect: float = 60.0
     read: float = 60.0
     write: float = 60.0
+
+    @classmethod
+    def of(cls, route: Route | None) -> Timeouts:
+        """The timeouts of `route`'s service (Kong's defaults without one)."""
+        service = route.service if route is not None else None
+        if service is None:
+            return cls()
+        return cls(service.connect_timeout, service.read_timeout, service.write_timeout)
 
 
 async def _no_chunks() -> AsyncIterator[bytes]:

@@ -474,18 +474,14 @@ class BodyGate:
         """The flow goes on to `flow.request.url` (ai-proxy's relay for a streamed
         answer, the service of a plain route): fetch it and pass the answer back."""
         from addons.errors import from_provider_error
+        from addons.llm_request import header_dict
         from addons.upstream import HOP_BY_HOP, Timeouts
 
         req = held.flow.request
         call = held.call
-        service = call.route.service if call.route is not None else None
-        timeouts = (
-            Timeouts(service.connect_timeout, service.read_timeout, service.write_timeout)
-            if service is not None
-            else Timeouts()
-        )
+        timeouts = Timeouts.of(call.route)
         drop = HOP_BY_HOP | {"content-length", "expect", "accept-encoding"}
-        headers = {k.lower(): v for k, v in req.headers.items() if k.lower() not in drop}
+        headers = {k: v for k, v in header_dict(req.headers).items() if k not in drop}
         headers["accept-encoding"] = "identity"
         up = UpstreamRequest(req.method, req.url, headers, req.raw_content or b"", stream=True)
         try:
