@@ -180,6 +180,7 @@ class HttpDelivery:
         self._closing = False
         self._started = False
         self._loading: asyncio.Task[None] | None = None
+        self._taking: asyncio.Task[None] | None = None  # the intake's current take
         self._held_logged = False  # the "settings refused" error was logged
         self._corrupt_logged = False
 
@@ -230,6 +231,11 @@ class HttpDelivery:
             self._intake.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._intake
+        if self._taking is not None:
+            # a take holds records it has taken out of `_records`: let it queue them
+            # (its lanes' spools are opening), or they would be lost
+            with contextlib.suppress(Exception):
+                await self._taking
         if self._loading is not None and not self._loading.done():
             # the spools of a previous run: their lanes drain too
             await asyncio.wait([self._loading], timeout=max(0.0, deadline - time.monotonic()))
@@ -292,7 +298,11 @@ class HttpDelivery:
             if self.linger:
                 await asyncio.sleep(self.linger)
             self._wake.clear()
-            await self._take_records()
+            # shielded: cancelling the intake (at close) must not cancel a take halfway,
+            # with its records out of `_records` and not yet in a lane; `_close` awaits it
+            self._taking = asyncio.ensure_future(self._take_records())
+            await asyncio.shield(self._taking)
+            self._taking = None
 
     async def _take_records(self) -> None:
         """Turn the records handed over into items, and queue them in their lanes.
@@ -388,7 +398,11 @@ class HttpDelivery:
                 pending = await run_blocking(spool.load)
             except BaseException as e:
                 del creating[key]
-                fut.set_exception(e)
+                if isinstance(e, asyncio.CancelledError):
+                    fut.cancel()
+                else:
+                    fut.set_exception(e)
+                    fut.exception()  # raised to this caller: no "never retrieved" warning
                 raise
             lane = self._lanes[key] = _Lane(_channel(key), key, spool)
             del creating[key]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -305,6 +306,49 @@ async def test_shutdown_flushes_what_is_queued(server: Server, tmp_path: Path) -
         d.submit(record(i))
     await d.aclose(timeout=5)
     assert server.ids() == EXPECTED[:30]
+
+
+@pytest.fixture
+def slow_spool_open(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Opening a lane's spool takes 0.3 s (a slow disk); the event is set when it starts."""
+    from exporters import spool as spool_module
+
+    opening = threading.Event()
+    real_load = spool_module.Spool.load
+
+    def slow_load(self: Any) -> int:
+        opening.set()
+        time.sleep(0.3)
+        return real_load(self)
+
+    monkeypatch.setattr(spool_module.Spool, "load", slow_load)
+    return opening
+
+
+async def test_shutdown_while_a_lane_opens_loses_no_record(
+    server: Server, tmp_path: Path, slow_spool_open: threading.Event
+) -> None:
+    # the intake has taken the records and waits for their lane's spool to open when
+    # the shutdown begins: those records must still be delivered
+    d = delivery(server.port, tmp_path, linger=0.0)
+    d.start()
+    for i in range(5):
+        d.submit(record(i))
+    await until(slow_spool_open.is_set)
+    await d.aclose(timeout=5)
+    assert server.ids() == EXPECTED[:5]
+
+
+async def test_shutdown_while_a_lane_opens_spools_the_records_when_the_sink_is_down(
+    tmp_path: Path, slow_spool_open: threading.Event
+) -> None:
+    d = delivery(free_port(), tmp_path, linger=0.0)
+    d.start()
+    for i in range(5):
+        d.submit(record(i))
+    await until(slow_spool_open.is_set)
+    await d.aclose(timeout=0.5)
+    assert d.stats.spooled == 5
 
 
 async def test_memory_stays_bounded_while_the_sink_is_down(tmp_path: Path) -> None:
