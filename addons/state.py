@@ -14,6 +14,7 @@ from addons.calls import Calls
 from addons.config.model import GatewayConfig
 from addons.credentials import Credentials
 from addons.exporting import Exporters
+from addons.policies._counters import retire_unused
 from addons.upstream import Upstream
 from exporters.metrics import Metrics
 
@@ -26,8 +27,10 @@ class Gateway:
         self.credentials = Credentials()
         self.exporters = Exporters()
         self.metrics = Metrics(stats_source=self.exporters.stats)
-        # the limit plugins' counters, by store (addons/policies/_counters.py counters())
+        # the limit plugins' counters, by store (addons/policies/_counters.py counters()),
+        # and those a reload retired, until they are closed
         self.counters: dict[Any, Any] = {}
+        self.counters_closing: dict[Any, Any] = {}
 
     def apply(self, config: GatewayConfig) -> None:
         """Swap in a new config; calls in flight keep the one they started with."""
@@ -39,6 +42,7 @@ class Gateway:
         ]
         self.metrics.set_config(routes=len(config.routes), models=models, source=config.source)
         self.config = config
+        retire_unused(self, config)  # the Redis pools of limits the new config dropped
         warm_imports(config)
 
 

@@ -17,7 +17,9 @@ The leading underscore keeps this module out of policy discovery.
 
 from __future__ import annotations
 
+import asyncio
 import calendar
+import contextlib
 import hashlib
 import logging
 import math
@@ -513,10 +515,16 @@ class RedisCounters:
         await self.client.aclose(close_connection_pool=True)
 
 
+#: seconds a Redis store the config no longer names stays open after a reload, for
+#: the calls in flight that still count in it (a use after the close reconnects)
+RETIRE_AFTER = 120.0
+
+
 def counters(gateway: Any, redis: RedisConfig | None) -> Counters:
     """The shared Counters for a store: one LocalCounters per gateway, one RedisCounters
-    per distinct redis config (pooled connections), created on first use, closed at
-    shutdown (`gateway.counters`, closed by the gateway's Lifecycle)."""
+    per distinct redis config (pooled connections), created on first use, retired when
+    a reload drops its config (`retire_unused`), closed at shutdown (`close_all`, called
+    by the gateway's Lifecycle)."""
     store: dict[Any, Counters] | None = getattr(gateway, "counters", None)
     if store is None:
         store = {}
@@ -529,13 +537,68 @@ def counters(gateway: Any, redis: RedisConfig | None) -> Counters:
     return found
 
 
+def redis_stores(config: Any) -> set[RedisConfig]:
+    """The Redis servers the limit plugins of a gateway config count in (each plugin
+    config's `store`: rate-limiting's and ai-rate-limiting-advanced's)."""
+    return {
+        store
+        for p in config.all_plugins()
+        if isinstance(store := getattr(p.config, "store", None), RedisConfig)
+    }
+
+
+def retire_unused(gateway: Any, config: Any) -> None:
+    """After a reload: close, `RETIRE_AFTER` seconds later, the Redis pools no plugin of
+    the new config counts in (local counters and unchanged Redis blocks are kept, so
+    their limits carry over)."""
+    store: dict[Any, Counters] = getattr(gateway, "counters", None) or {}
+    keep = {("redis", s) for s in redis_stores(config)}
+    for key in [k for k in store if k != "local" and k not in keep]:
+        retired = store.pop(key)
+        task = None
+        with contextlib.suppress(RuntimeError):  # no loop (a test): closed by close_all
+            task = asyncio.get_running_loop().create_task(
+                _close_later(gateway, retired), name="llmitm retire counters"
+            )
+        _closing(gateway)[retired] = task
+        log.info(
+            "redis %s: no plugin counts in it now; its connections close in %.0f s",
+            key[1].label(),
+            RETIRE_AFTER,
+        )
+
+
+def _closing(gateway: Any) -> dict[Counters, asyncio.Task[None] | None]:
+    """The retired Counters of a gateway, with the task that closes each."""
+    closing = getattr(gateway, "counters_closing", None)
+    if closing is None:
+        closing = gateway.counters_closing = {}
+    return closing
+
+
+async def _close_later(gateway: Any, c: Counters) -> None:
+    await asyncio.sleep(RETIRE_AFTER)
+    _closing(gateway).pop(c, None)
+    await _close(c)
+
+
+async def _close(c: Counters) -> None:
+    try:
+        await c.aclose()
+    except Exception as e:  # noqa: BLE001 a broken connection is no news when closing
+        log.debug("closing counters: %s", e)
+
+
 async def close_all(gateway: Any) -> None:
-    """Close every Counters of the gateway (at shutdown)."""
+    """Close every Counters of the gateway, retired ones included (at shutdown)."""
     store: dict[Any, Counters] = getattr(gateway, "counters", None) or {}
     items = list(store.values())
     store.clear()
+    closing = _closing(gateway)
+    for c, task in list(closing.items()):
+        if task is not None:
+            task.cancel()
+        items.append(c)
+    closing.clear()
     for c in items:
-        try:
-            await c.aclose()
-        except Exception as e:  # noqa: BLE001 shutting down: a broken connection is no news
-            log.debug("closing counters: %s", e)
+        await _close(c)

@@ -451,6 +451,11 @@ class Config(Strict):
             raise ValueError("strategy 'redis' needs redis.host")
         return self
 
+    @property
+    def store(self) -> RedisConfig | None:
+        """The Redis server of strategy redis; None for local counters."""
+        return self.redis if self.strategy == "redis" else None
+
     def labels(self) -> list[str]:
         """The name of each policy in headers and messages (same order as policies)."""
         return self._labels
@@ -915,7 +920,7 @@ class Policy(PolicyAddon):
             return
         if self._too_large(flow, call, conf, groups):
             return
-        store = _counters.counters(self.gw, conf.redis if conf.strategy == "redis" else None)
+        store = _counters.counters(self.gw, conf.store)
         reservation = await self._reserve(flow, call, conf, store, groups)
         if reservation is not None:
             reservation.estimate = est

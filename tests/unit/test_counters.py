@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from addons.config import load_text
+from addons.policies import _counters
 from addons.policies._counters import (
     MONTH,
     YEAR,
@@ -23,6 +25,7 @@ from addons.policies._counters import (
     close_all,
     counters,
 )
+from addons.state import Gateway
 
 
 class Clock:
@@ -375,3 +378,121 @@ async def test_one_counters_per_store_per_gateway(redis_server: Any) -> None:
     assert counters(Gw(), None) is not local
     await close_all(gw)
     assert gw.counters == {}  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------ after a reload
+
+RELOADABLE = """
+_format_version: "3.0"
+services:
+  - name: svc
+    routes:
+      - name: chat
+        paths: ["/v1/chat/completions"]
+        plugins:
+          - name: ai-proxy
+            config: {{route_type: llm/v1/chat, model: {{provider: mock, name: mock-gpt}}}}
+          - name: {plugin}
+            config: {config}
+"""
+
+RATE_REDIS = "{{minute: 5, policy: redis, redis: {{host: {host}, port: {port}}}}}"
+AI_REDIS = (
+    "{{llm_providers: [{{name: mock, limit: [100], window_size: [60]}}],"
+    " strategy: redis, redis: {{host: {host}, port: {port}}}}}"
+)
+
+
+Retiring = Callable[[float], Gateway]
+
+
+@pytest.fixture
+def gateway_retiring_after(monkeypatch: pytest.MonkeyPatch) -> Retiring:
+    """A gateway whose reloads close the Redis pools they drop after that many seconds."""
+
+    def make(seconds: float) -> Gateway:
+        monkeypatch.setattr(_counters, "RETIRE_AFTER", seconds)
+        return Gateway()
+
+    return make
+
+
+def gateway_config(redis_server: Any, plugin: str = "rate-limiting", conf: str = RATE_REDIS) -> Any:
+    text = conf.format(host=redis_server.host, port=redis_server.port)
+    return load_text(RELOADABLE.format(plugin=plugin, config=text))
+
+
+def local_config() -> Any:
+    return load_text(RELOADABLE.format(plugin="rate-limiting", config="{minute: 5}"))
+
+
+async def clients(redis_server: Any) -> int:
+    """The connections redis-server has, but for the one asking."""
+    observer = aioredis.Redis(host=redis_server.host, port=redis_server.port)
+    try:
+        return len(await observer.client_list()) - 1
+    finally:
+        await observer.aclose()
+
+
+async def store_in_use(gw: Any) -> Counters:
+    plugin = gw.config.routes[0].plugins
+    (conf,) = [p.config for name, p in plugin.items() if name != "ai-proxy"]
+    c = counters(gw, conf.store)
+    assert isinstance(c, RedisCounters)
+    await c.acquire([Window("r", 60, 5)], 1)  # opens a connection
+    return c
+
+
+@pytest.mark.parametrize(
+    ("plugin", "conf"),
+    [("rate-limiting", RATE_REDIS), ("ai-rate-limiting-advanced", AI_REDIS)],
+    ids=["rate-limiting", "ai-rate-limiting-advanced"],
+)
+async def test_a_reload_that_drops_a_redis_store_closes_its_connections(
+    redis_server: Any, gateway_retiring_after: Retiring, plugin: str, conf: str
+) -> None:
+    gw = gateway_retiring_after(0.3)
+    gw.apply(gateway_config(redis_server, plugin, conf))
+    old = await store_in_use(gw)
+    assert await clients(redis_server) == 1
+    gw.apply(local_config())  # the limit is counted in memory now
+    assert ("redis", old.config) not in gw.counters
+    # calls in flight still count in it for a while
+    await old.acquire([Window("r", 60, 5)], 1)
+    assert await clients(redis_server) == 1
+    deadline = asyncio.get_running_loop().time() + 10
+    while await clients(redis_server):
+        assert asyncio.get_running_loop().time() < deadline, "the old pool stayed open"
+        await asyncio.sleep(0.05)
+    assert not gw.counters_closing
+    await close_all(gw)
+
+
+async def test_a_reload_keeping_the_redis_block_keeps_its_pool(
+    redis_server: Any, gateway_retiring_after: Retiring
+) -> None:
+    gw = gateway_retiring_after(0.0)
+    gw.apply(gateway_config(redis_server))
+    first = await store_in_use(gw)
+    gw.apply(gateway_config(redis_server))  # the same file, saved again
+    again = await store_in_use(gw)
+    assert again is first
+    await asyncio.sleep(0.1)
+    assert await clients(redis_server) == 1
+    assert not gw.counters_closing
+    await close_all(gw)
+    assert await clients(redis_server) == 0
+
+
+async def test_shutdown_closes_retired_stores_at_once(
+    redis_server: Any, gateway_retiring_after: Retiring
+) -> None:
+    gw = gateway_retiring_after(3600.0)
+    gw.apply(gateway_config(redis_server))
+    await store_in_use(gw)
+    gw.apply(local_config())
+    assert await clients(redis_server) == 1
+    await close_all(gw)
+    assert await clients(redis_server) == 0
+    assert not gw.counters_closing
