@@ -121,6 +121,12 @@ class Calls:
     def pop(self, flow: http.HTTPFlow) -> Call | None:
         return self._calls.pop(flow, None)
 
+    def take_all(self) -> list[tuple[http.HTTPFlow, Call]]:
+        """Every call still in flight, forgotten here (so no later hook finishes it)."""
+        calls = list(self._calls.items())
+        self._calls.clear()
+        return calls
+
     def __len__(self) -> int:
         return len(self._calls)
 

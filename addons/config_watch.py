@@ -104,6 +104,14 @@ class ConfigWatch:
             "~/.llmitm/llmitm.db",
             "The embedded SQLite store every call record is written to (empty: none).",
         )
+        loader.add_option(
+            "llmitm_shutdown_grace",
+            int,
+            10,
+            "Seconds the calls in flight get to finish when the gateway stops (no new "
+            "connection is taken meanwhile); those still running then are recorded as "
+            "cut off by the shutdown.",
+        )
         _refuse_repeated_options()
 
     def configure(self, updated: set[str]) -> None:

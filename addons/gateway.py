@@ -43,7 +43,7 @@ from addons.contentview import ContentviewAddon
 from addons.dispatch import Chain
 from addons.observe import Observe
 from addons.policies._counters import close_all as close_counters
-from addons.recorder import Recorder
+from addons.recorder import Recorder, record_unfinished
 from addons.router import Router, ServiceProxy
 from addons.state import Gateway
 from addons.webview import WebView
@@ -97,9 +97,15 @@ class Lifecycle:
         return None
 
     async def close(self, exiting: bool) -> None:
-        """Every step, whatever the one before did: a sink that fails to close must not
-        keep the upstream client or the counters' connections open."""
+        """At process exit, first the drain (`_drain`); then every step, whatever the
+        one before did: a sink that fails to close must not keep the upstream client or
+        the counters' connections open."""
         gw = self.gw
+        if exiting:
+            try:
+                await self._drain()
+            except Exception:
+                logging.getLogger(__name__).exception("llmitm: could not drain the calls")
         steps = (
             ("status listener", gw.metrics.stop),
             ("exporters", gw.exporters.aclose),
@@ -117,6 +123,44 @@ class Lifecycle:
             logging.getLogger(__name__).exception("llmitm: could not close the credentials")
         if exiting:  # a reload keeps the pool for the new script's exporters
             export_threads.shutdown()
+
+    async def _drain(self) -> None:
+        """Stop taking connections, give the calls in flight `llmitm_shutdown_grace`
+        seconds to finish (a stream to its end), then record those still running as cut
+        off: a shutdown loses no record, not even of a call it interrupts."""
+        gw = self.gw
+        log = logging.getLogger(__name__)
+        gw.metrics.draining = True
+        if proxyserver := ctx.master.addons.get("proxyserver"):
+            await proxyserver.servers.update([])  # listeners close; connections stay
+        if not len(gw.calls):
+            return
+        grace = max(0, ctx.options.llmitm_shutdown_grace)
+        log.info(
+            "llmitm: shutting down: %d call(s) in flight get up to %d s to finish "
+            "(llmitm_shutdown_grace)",
+            len(gw.calls),
+            grace,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while len(gw.calls) and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)
+        cut = record_unfinished(gw)
+        if cut:
+            log.warning(
+                "llmitm: %d call(s) still in flight after %d s were cut off by the shutdown "
+                "(recorded with error code gateway_shutdown)",
+                cut,
+                grace,
+            )
+        # the last answers' bytes: written by their connections' tasks, which asyncio
+        # cancels once the hooks of `done` are over
+        await asyncio.sleep(DRAIN_POLL)
+
+
+#: seconds between two looks at the calls in flight while draining
+DRAIN_POLL = 0.05
 
 
 # httpx logs every request at INFO and httpcore each step at DEBUG; mitmproxy hands

@@ -32,6 +32,7 @@ from addons.webview import annotate
 from exporters.ids import uuid7
 from exporters.record import AIInfo, CallRecord
 from providers.base import (
+    ProviderError,
     RouteType,
     Usage,
     estimate_tokens,
@@ -501,20 +502,41 @@ class Recorder:
         asyncio.get_running_loop().call_soon(self._export, call, flow)
 
     def _export(self, call: Call, flow: http.HTTPFlow) -> None:
+        export(self.gw, call, flow)
+
+
+def export(gw: Gateway, call: Call, flow: http.HTTPFlow) -> None:
+    """Build the record of a finished call and hand it to its log plugins and metrics."""
+    try:
+        record = build_record(call, flow)
+    except Exception:
+        log.exception("llmitm: could not build the call record")
+        return
+    for finish in call.on_finish:  # e.g. a token limit settling its reservation
         try:
-            record = build_record(call, flow)
+            finish(call, record)
         except Exception:
-            log.exception("llmitm: could not build the call record")
-            return
-        for finish in call.on_finish:  # e.g. a token limit settling its reservation
-            try:
-                finish(call, record)
-            except Exception:
-                log.exception("llmitm: a policy failed on the finished call")
-        record = writable(record)
-        self.gw.exporters.export(record, call.route, call.config)
-        route = call.route
-        self.gw.metrics.observe(record, route.plugin("prometheus") if route is not None else None)
-        flow.metadata["llmitm.record_id"] = record.id
-        flow.metadata["llmitm.status"] = record.status
-        annotate(flow, record)  # mitmweb: the mark and comment of the call
+            log.exception("llmitm: a policy failed on the finished call")
+    record = writable(record)
+    gw.exporters.export(record, call.route, call.config)
+    route = call.route
+    gw.metrics.observe(record, route.plugin("prometheus") if route is not None else None)
+    flow.metadata["llmitm.record_id"] = record.id
+    flow.metadata["llmitm.status"] = record.status
+    annotate(flow, record)  # mitmweb: the mark and comment of the call
+
+
+#: the error of a call still in flight when the gateway stopped (`record_unfinished`)
+SHUTDOWN_MESSAGE = "the gateway shut down before the call finished"
+
+
+def record_unfinished(gw: Gateway) -> int:
+    """At shutdown, once the calls in flight had their time: record each call still
+    unfinished as failed (503, code `gateway_shutdown`, with what a stream had sent so
+    far) and forget it, so that no later hook records it twice. Returns how many."""
+    left = gw.calls.take_all()
+    for flow, call in left:
+        call.fail(ProviderError(503, SHUTDOWN_MESSAGE, code="gateway_shutdown"), "gateway")
+        call.ended_at = now()
+        export(gw, call, flow)
+    return len(left)

@@ -9,7 +9,8 @@ unanswered `/health`:
 - `/metrics`: the Prometheus text format (OpenMetrics when the scraper asks for it)
 - `/status`: JSON with the version, uptime, routes count, calls by status and the
   exporters' counters
-- `/health`: 200 `{"status": "ok"}`
+- `/health`: 200 `{"status": "ok"}`; 503 `{"status": "draining"}` once the gateway is
+  stopping (its calls in flight finishing)
 
 Metric families (everything in its own `CollectorRegistry`):
 
@@ -253,6 +254,9 @@ class Metrics:
         self._snapshot: dict[str, ExporterStats] = {}
         self._failed_once = False
         self._runner: web.AppRunner | None = None
+        # the gateway is shutting down, letting its calls in flight finish: /health says
+        # so with a 503, for a load balancer to send the next calls elsewhere
+        self.draining = False
         self.host: str | None = None
         self.port: int | None = None
 
@@ -550,6 +554,8 @@ class Metrics:
         return web.json_response(self.status())
 
     async def _handle_health(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.json_response({"status": "draining"}, status=503)
         return web.json_response({"status": "ok"})
 
 
