@@ -1176,6 +1176,14 @@ class BedrockStream:
             return
         if not self.started and _invoke_output(inner):
             self.started = True  # the first token: time to first token counts to here
+        if isinstance(inner.get("type"), str):
+            self._on_anthropic_event(inner, out)
+        else:
+            text, finish = _invoke_text(inner)
+            if text:
+                self._block(0)["text"].append(text)
+            if finish is not None:
+                self.finish_reason = _invoke_finish(finish)
         metrics = inner.get("amazon-bedrock-invocationMetrics")
         if isinstance(metrics, dict):
             usage = usage_from_counts(
@@ -1187,6 +1195,37 @@ class BedrockStream:
             if usage is not None:
                 self.usage = usage
             self._stopped = self._metadata = True
+
+    def _on_anthropic_event(self, event: dict[str, Any], out: list[bytes]) -> None:
+        """A Claude InvokeModel stream chunk: Anthropic's own Messages stream event (the
+        answer's text, thinking and tool calls, kept for the record)."""
+        kind = event["type"]
+        if kind == "content_block_start":
+            block_data = event.get("content_block")
+            if isinstance(block_data, dict) and block_data.get("type") == "tool_use":
+                block = self._block(event.get("index"))
+                self._start_tool(block, block_data.get("id"), block_data.get("name"), out)
+        elif kind == "content_block_delta":
+            delta = event.get("delta")
+            if not isinstance(delta, dict):
+                return
+            block = self._block(event.get("index"))
+            for key, into in (
+                ("text", "text"),
+                ("thinking", "reasoning"),
+                ("partial_json", "args"),
+            ):
+                value = delta.get(key)
+                if isinstance(value, str) and value:
+                    if into == "args" and block["tool"] is None:
+                        continue  # input of a block that did not start as a tool call
+                    block[into].append(value)
+            if isinstance(delta.get("signature"), str):
+                block["signature"] += delta["signature"]
+        elif kind == "message_delta":
+            delta = event.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                self.finish_reason = _finish(delta["stop_reason"])
 
     # -- output
 
@@ -1242,6 +1281,45 @@ _HANDLERS = {
 #: where the model families' InvokeModel stream chunks carry generated output:
 #: Titan, Llama, Anthropic's legacy completions, Cohere, Mistral, AI21/OpenAI-shaped
 _INVOKE_OUTPUT = ("outputText", "generation", "completion", "text", "outputs", "choices")
+
+
+def _invoke_text(inner: dict[str, Any]) -> tuple[str | None, Any]:
+    """(generated text, finish reason as the model says it) of an InvokeModel stream
+    chunk of a model family other than Claude's Messages: Titan (`outputText`,
+    `completionReason`), Llama (`generation`, `stop_reason`), Anthropic's legacy
+    completions (`completion`, `stop_reason`), Cohere Command (`text`, `finish_reason`
+    in its last chunk), Mistral (`outputs[0]`), and OpenAI-shaped models (`choices[0]`)."""
+    text = next(
+        (inner[k] for k in ("outputText", "generation", "completion", "text") if k in inner),
+        None,
+    )
+    finish = inner.get("completionReason") or inner.get("stop_reason") or inner.get("finish_reason")
+    for key in ("outputs", "choices"):
+        items = inner.get(key)
+        if text is None and isinstance(items, list) and items and isinstance(items[0], dict):
+            first = items[0]
+            delta = first.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else first.get("text")
+            finish = finish or first.get("stop_reason") or first.get("finish_reason")
+    return (text if isinstance(text, str) else None), finish
+
+
+#: finish reasons of the InvokeModel families, lower-cased -> OpenAI's
+_INVOKE_FINISH = {
+    **FINISH_REASONS,
+    "stop": "stop",
+    "finish": "stop",  # Titan
+    "complete": "stop",  # Cohere
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+def _invoke_finish(reason: Any) -> str | None:
+    if not isinstance(reason, str) or not reason:
+        return None
+    return _INVOKE_FINISH.get(reason.lower(), reason.lower())
 
 
 def _invoke_output(inner: dict[str, Any]) -> bool:

@@ -556,6 +556,10 @@ def test_bedrock_invoke_model(proxy: Proxy, fake: TLSFakeUpstream, stream: bool)
     assert ai["payload"]["request"]["anthropic_version"] == BEDROCK_VERSION
     if not stream:
         assert ai["meta"]["finish_reason"] == "end_turn"  # as Claude's body says it
+    else:  # the answer assembled from Claude's own events inside the event stream
+        assert ai["meta"]["finish_reason"] == "stop"  # end_turn, as streams map it
+        message = ai["payload"]["response"]["choices"][0]["message"]
+        assert message["content"] == script.text
 
 
 # ------------------------------------------------------------------ Cohere

@@ -1753,11 +1753,12 @@ def test_preserved_invoke_model_usage_from_headers() -> None:
     assert reply.body == body and reply.usage == Usage(112, 34, cache_read_tokens=100)
 
 
-def test_preserved_invoke_stream_is_observed_for_its_metrics() -> None:
-    def chunk(obj: dict[str, Any]) -> bytes:
-        return encode_event("chunk", {"bytes": base64.b64encode(json.dumps(obj).encode()).decode()})
+def invoke_chunk(obj: dict[str, Any]) -> bytes:
+    return encode_event("chunk", {"bytes": base64.b64encode(json.dumps(obj).encode()).decode()})
 
-    raw = chunk({"type": "content_block_delta", "delta": {"text": "hi"}}) + chunk(
+
+def test_preserved_invoke_stream_is_observed_for_its_metrics() -> None:
+    raw = invoke_chunk({"type": "content_block_delta", "delta": {"text": "hi"}}) + invoke_chunk(
         {
             "type": "message_stop",
             "amazon-bedrock-invocationMetrics": {"inputTokenCount": 8, "outputTokenCount": 2},
@@ -1783,19 +1784,155 @@ def test_preserved_invoke_stream_is_observed_for_its_metrics() -> None:
 def test_invoke_stream_starts_at_the_first_output(
     first: dict[str, Any], second: dict[str, Any]
 ) -> None:
-    def chunk(obj: dict[str, Any]) -> bytes:
-        return encode_event("chunk", {"bytes": base64.b64encode(json.dumps(obj).encode()).decode()})
-
     t = PROVIDER.stream_translator(preserve_spec(f"/model/{CLAUDE}/invoke-with-response-stream"))
-    t.feed(chunk(first))
+    t.feed(invoke_chunk(first))
     assert not t.started  # no output yet
-    t.feed(chunk(second))
+    t.feed(invoke_chunk(second))
     assert t.started
     # without metrics an InvokeModel stream is not an error: it is only observed
     t = PROVIDER.stream_translator(preserve_spec(f"/model/{CLAUDE}/invoke-with-response-stream"))
-    t.feed(chunk({"type": "content_block_delta"}))
+    t.feed(invoke_chunk({"type": "content_block_delta"}))
     t.finish()
     assert t.error is None
+
+
+METRICS = {"amazon-bedrock-invocationMetrics": {"inputTokenCount": 5, "outputTokenCount": 3}}
+
+
+@pytest.mark.parametrize(
+    ("chunks", "finish"),
+    [
+        (  # Titan Text
+            [
+                {"outputText": "Hello", "index": 0, "completionReason": None},
+                {"outputText": " world", "index": 0, "completionReason": "FINISH", **METRICS},
+            ],
+            "stop",
+        ),
+        (  # Llama
+            [
+                {"generation": "Hello", "stop_reason": None},
+                {"generation": " world", "stop_reason": None},
+                {"generation": "", "stop_reason": "length", **METRICS},
+            ],
+            "length",
+        ),
+        (  # Anthropic's legacy text completions
+            [
+                {"completion": "Hello", "stop_reason": None},
+                {"completion": " world", "stop_reason": "stop_sequence", **METRICS},
+            ],
+            "stop",
+        ),
+        (  # Cohere Command: the finish reason comes in a last chunk without text
+            [
+                {"is_finished": False, "event_type": "text-generation", "text": "Hello"},
+                {"is_finished": False, "event_type": "text-generation", "text": " world"},
+                {"is_finished": True, "event_type": "stream-end", "finish_reason": "COMPLETE"},
+            ],
+            "stop",
+        ),
+        (  # Mistral
+            [
+                {"outputs": [{"text": "Hello", "stop_reason": None}]},
+                {"outputs": [{"text": " world", "stop_reason": "length"}], **METRICS},
+            ],
+            "length",
+        ),
+        (  # OpenAI-shaped (AI21 Jamba, gpt-oss)
+            [
+                {"choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": None}]},
+                {"choices": [{"index": 0, "delta": {"content": " world"}, "finish_reason": None}]},
+                {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], **METRICS},
+            ],
+            "stop",
+        ),
+    ],
+    ids=["titan", "llama", "claude-text-completion", "cohere", "mistral", "openai-shaped"],
+)
+def test_invoke_stream_answer_is_assembled_for_the_record(
+    chunks: list[dict[str, Any]], finish: str
+) -> None:
+    t = PROVIDER.stream_translator(preserve_spec(f"/model/{CLAUDE}/invoke-with-response-stream"))
+    for c in byte_by_byte(b"".join(invoke_chunk(obj) for obj in chunks)):
+        t.feed(c)
+    t.finish()
+    assert t.error is None
+    answer = t.assembled()["choices"][0]
+    assert answer["message"]["content"] == "Hello world"
+    assert answer["finish_reason"] == finish
+
+
+def test_claude_invoke_stream_keeps_text_thinking_and_tool_calls() -> None:
+    events = [
+        {"type": "message_start", "message": {"id": "msg_1", "model": CLAUDE, "content": []}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking"}},
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": "1+1"},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "signature_delta", "signature": "sig"},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}},
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "text_delta", "text": "Let me"},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "text_delta", "text": " check."},
+        },
+        {"type": "content_block_stop", "index": 1},
+        {
+            "type": "content_block_start",
+            "index": 2,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "add", "input": {}},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 2,
+            "delta": {"type": "input_json_delta", "partial_json": '{"a": 1,'},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 2,
+            "delta": {"type": "input_json_delta", "partial_json": ' "b": 1}'},
+        },
+        {"type": "content_block_stop", "index": 2},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use"},
+            "usage": {"output_tokens": 9},
+        },
+        {"type": "message_stop", **METRICS},
+    ]
+    t = PROVIDER.stream_translator(preserve_spec(f"/model/{CLAUDE}/invoke-with-response-stream"))
+    for obj in events:
+        t.feed(invoke_chunk(obj))
+    t.finish()
+    answer = t.assembled()["choices"][0]
+    assert answer["finish_reason"] == "tool_calls"
+    message = answer["message"]
+    assert message["content"] == "Let me check."
+    assert message["reasoning_content"] == "1+1"
+    assert message["thinking_blocks"] == [
+        {"type": "thinking", "thinking": "1+1", "signature": "sig"}
+    ]
+    assert message["tool_calls"] == [
+        {
+            "id": "toolu_1",
+            "type": "function",
+            "function": {"name": "add", "arguments": '{"a": 1, "b": 1}'},
+        }
+    ]
+    assert t.usage == Usage(5, 3)
 
 
 # ------------------------------------------------------------------ embeddings
