@@ -26,7 +26,10 @@ all; otherwise after `SETTLE` seconds), so each call's sink work is counted once
 Every call must succeed: a counted call answered with anything but a 200 (a policy
 variant's 401 or 429, say) is reported and fails the run (exit status 1), and for a
 variant the fake tells apart, the calls the fake received must be exactly the calls
-sent (every call went through the whole chain to the upstream). A variant's `headers`
+sent (every call went through the whole chain to the upstream), and its sinks must
+have every record `DELIVERY_LIMIT` seconds after the warm-up and after the counted
+calls (else the run fails too, printing the gateway's exporter counters from its
+status listener and the end of its log). A variant's `headers`
 (the consumer's API key) go with every request; a variant that names `$redis_port`
 gets a `redis-server` the harness starts.
 """
@@ -34,14 +37,17 @@ gets a `redis-server` the harness starts.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import fake_upstream
 from loadgen import timed_stream
@@ -78,6 +84,28 @@ def settle(fake_port: int, server: Server) -> Delivered | None:
         if d.complete() or time.monotonic() > deadline:
             return d
         time.sleep(0.5)
+
+
+def undelivered(name: str, when: str, d: Delivered, status_port: int | None, proc: Any) -> str:
+    """A problem: a sink lacks records `DELIVERY_LIMIT` s after the calls. Says what the
+    gateway's exporters counted (its /status) and what it logged, for the diagnosis."""
+    short = ", ".join(
+        f"{sink} {got}/{want}" for sink, (got, want, _) in d.sinks.items() if got != want
+    )
+    if d.unreadable:
+        short += f", {d.unreadable} unreadable request bodies"
+    stats = "(no status listener)"
+    if status_port:
+        try:
+            url = f"http://127.0.0.1:{status_port}/status"
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                stats = json.dumps(json.loads(resp.read()).get("exporters"), sort_keys=True)
+        except (OSError, ValueError) as e:
+            stats = f"(/status: {e})"
+    return (
+        f"{name}: after the {when}, its sinks still lacked records ({short}); "
+        f"exporters: {stats}; the gateway's log ends with:\n{proc.output_tail()}"
+    )
 
 
 def totals(out: Path) -> list[int]:
@@ -128,7 +156,10 @@ def count(
     call succeeded."""
     port = free_port()
     out = workdir / f"callgrind-{variant.name}-{port}.out"  # a baseline's two share a name
-    args, options = mitmdump_options(variant, fake_port, port, workdir, redis_port)
+    # the status listener answers only when asked (an idle aiohttp server: no cost per
+    # call): its exporter counters say what became of records a sink did not get
+    status_port = free_port() if variant.tagged and variant.uses_gateway else None
+    args, options = mitmdump_options(variant, fake_port, port, workdir, redis_port, status_port)
     argv = [
         "valgrind",
         "--tool=callgrind",
@@ -159,6 +190,7 @@ def count(
         )
 
     sinks = None
+    problems: list[str] = []
     statuses: Counter[int] = Counter()
     warmup, stream_warmup = 20, 5 if stream_calls else 0
     with server.connect(timeout=120) as conn:
@@ -168,7 +200,9 @@ def count(
                 raise RuntimeError(f"{variant.name}: status {status} in the warm-up: {answer!r}")
         for _ in range(stream_warmup):
             timed_stream(conn, server.target, streamed)
-        settle(fake_port, server)
+        warm = settle(fake_port, server)
+        if warm is not None and not warm.complete():
+            problems.append(undelivered(variant.name, "warm-up", warm, status_port, proc))
         control("-i", "on")
         for _ in range(calls):
             status, _ = conn.post(server.target, body)
@@ -182,11 +216,13 @@ def count(
         if stream_calls:
             sinks = settle(fake_port, server)
         control("-i", "off")
+        if sinks is not None and not sinks.complete():
+            problems.append(undelivered(variant.name, "counted calls", sinks, status_port, proc))
     proc.stop(grace=120)
     parts = totals(out)
     if not parts or parts[-1] == 0 or (calls and stream_calls and len(parts) < 2):
         raise RuntimeError(f"no callgrind totals for {variant.name}: {proc.output_tail()}")
-    problems = [
+    problems += [
         f"{variant.name}: {n} of {calls} counted calls answered {status}"
         for status, n in sorted(statuses.items())
         if status != 200

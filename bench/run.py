@@ -317,9 +317,11 @@ def mitmdump_options(
     port: int,
     workdir: Path,
     redis_port: int | None = None,
+    status_port: int | None = None,
 ) -> tuple[list[str], dict[str, str | None]]:
     """mitmdump's arguments for `variant` (after the program's name), and the `--set`
-    options among them, each given once.
+    options among them, each given once. The gateway's status listener is off unless
+    `status_port` names its port.
 
     mitmproxy refuses an addon's option given twice ("Received multiple values") and
     then drops every deferred addon option, llmitm_config included: the gateway would
@@ -344,7 +346,7 @@ def mitmdump_options(
         # (a variant may turn it off); each gateway spools to its own directory
         options["llmitm_spool_dir"] = str(workdir / f"spool-{variant.name}")
         options["llmitm_store"] = str(workdir / f"{variant.name}.db")
-        options["llmitm_status_listen"] = "off"
+        options["llmitm_status_listen"] = f"{HOST}:{status_port}" if status_port else "off"
     options["connection_strategy"] = "lazy"
     options["confdir"] = str(confdir)
     extra: list[str] = []
