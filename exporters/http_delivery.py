@@ -313,8 +313,11 @@ class HttpDelivery:
             try:
                 items = self.sink.items(record)
             except Exception:  # one bad record must not stop the others
+                self.stats.dropped += 1
                 log.exception(
-                    "%s: could not build the events of record %s", self.sink.name, record.id
+                    "%s: could not build the events of record %s: dropped",
+                    self.sink.name,
+                    record.id,
                 )
                 continue
             for item in items:
@@ -741,6 +744,20 @@ class HttpDelivery:
                 lane.spool.dir,
             )
 
+    def _unbuildable(self, channel: str, batch: list[Item]) -> list[Item]:
+        """The items of a batch whose request could not be built that fail alone too
+        (in a worker thread: it encodes each one)."""
+        bad = []
+        for item in batch:
+            try:
+                self.sink.request(channel, [item])
+            except Exception:
+                log.exception(
+                    "%s: could not build a request for one %s item", self.sink.name, channel
+                )
+                bad.append(item)
+        return bad
+
     async def _send(self, channel: str, batch: list[Item]) -> tuple[list[Item], Verdict]:
         """One request with the first items of `batch` (as many as the sink puts in),
         and the sink's reading of the answer."""
@@ -749,9 +766,19 @@ class HttpDelivery:
             # encoding a batch (JSON, protobuf, gzip) can take tens of milliseconds:
             # in a worker thread, so that the event loop keeps serving calls meanwhile
             prepared = await run_blocking(self.sink.request, channel, batch)
-        except Exception as e:  # a sink bug drops this batch, not the delivery
-            log.exception("%s: could not build a request", self.sink.name)
-            return batch, Verdict(dropped=list(batch), reason=f"request could not be built: {e}")
+        except Exception as e:  # a sink bug: it must cost the items it concerns, no more
+            if len(batch) == 1:
+                log.exception("%s: could not build a request", self.sink.name)
+                return batch, Verdict(
+                    dropped=list(batch), reason=f"request could not be built: {e}"
+                )
+            bad = await run_blocking(self._unbuildable, channel, batch)
+            if not bad:  # each item alone is fine: send them in smaller requests
+                return batch, Verdict(retry=list(batch), too_large=True, reason=str(e))
+            good = [it for it in batch if all(it is not b for b in bad)]
+            return batch, Verdict(
+                retry=good, dropped=bad, reason=f"request could not be built: {e}"
+            )
         count = prepared.count
         sent = batch if count is None or count >= len(batch) else batch[: max(1, count)]
         try:

@@ -448,6 +448,40 @@ async def test_an_unexpected_error_in_a_step_does_not_kill_the_lane(
     await d.aclose()
 
 
+class FlawedSink(TestSink):
+    """A sink with a bug: it cannot encode record r3, nor build the items of r7."""
+
+    __test__ = False
+
+    def items(self, rec: CallRecord) -> list[Item]:
+        if rec.id == "r7":
+            raise ValueError("cannot build the events of r7")
+        return super().items(rec)
+
+    def request(self, channel: str, items: list[Item]) -> Prepared:
+        if any(it.data["id"] == "r3" for it in items):
+            raise ValueError("cannot encode r3")
+        return super().request(channel, items)
+
+
+async def test_a_record_a_sink_cannot_encode_costs_only_itself(
+    server: Server, tmp_path: Path
+) -> None:
+    # linger 0.2 s: the ten records go out as one batch, r3 among them
+    d = delivery(server.port, tmp_path, linger=0.2, sink=FlawedSink(server.port))
+    d.start()
+    for i in range(10):
+        d.submit(record(i))
+    want = [f"r{i}" for i in range(10) if i not in (3, 7)]
+    await until(lambda: len(server.ids()) == len(want))
+    await asyncio.sleep(0.2)
+    assert server.ids() == want  # in order, each once
+    assert d.stats.dropped == 2  # r3 (its request) and r7 (its items), counted
+    assert d.stats.sent == len(want)
+    await d.aclose()
+    assert d.depth == 0
+
+
 async def test_aclose_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from exporters import spool as spool_module
 
