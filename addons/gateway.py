@@ -131,7 +131,8 @@ class Lifecycle:
         gw = self.gw
         log = logging.getLogger(__name__)
         gw.metrics.draining = True
-        if proxyserver := ctx.master.addons.get("proxyserver"):
+        master = getattr(ctx, "master", None)
+        if master is not None and (proxyserver := master.addons.get("proxyserver")):
             await proxyserver.servers.update([])  # listeners close; connections stay
         if not len(gw.calls):
             return

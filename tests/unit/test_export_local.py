@@ -246,7 +246,8 @@ async def test_every_exporter_is_closed_even_if_one_fails(caplog: Any) -> None:
     assert any("failed to close" in r.message for r in caplog.records)
 
 
-async def test_shutdown_runs_every_step_whatever_one_does() -> None:
+async def test_shutdown_runs_every_step_whatever_one_does(caplog: Any) -> None:
+    from addons.calls import Calls
     from addons.gateway import Lifecycle
 
     done: list[str] = []
@@ -262,6 +263,7 @@ async def test_shutdown_runs_every_step_whatever_one_does() -> None:
         upstream=SimpleNamespace(stop=lambda: step("upstream")),
         credentials=SimpleNamespace(close=lambda: done.append("credentials")),
         counters={},
+        calls=Calls(),  # none in flight: the drain before the steps does not wait
     )
     await _threads.run_blocking(lambda: None)  # the pool is running
     await Lifecycle(gw).close(exiting=False)  # a reload: the pool stays
@@ -271,4 +273,6 @@ async def test_shutdown_runs_every_step_whatever_one_does() -> None:
     await Lifecycle(gw).close(exiting=True)
     assert done == ["metrics", "exporters", "upstream", "credentials"]
     assert not _threads.active()  # shut down at exit
+    assert gw.metrics.draining  # /health said so while the calls drained
+    assert not [r for r in caplog.records if "could not drain" in r.message]
     assert await _threads.run_blocking(lambda: 42) == 42  # and made again if needed
