@@ -509,9 +509,13 @@ def export(gw: Gateway, call: Call, flow: http.HTTPFlow) -> None:
     """Build the record of a finished call and hand it to its log plugins and metrics."""
     try:
         record = build_record(call, flow)
-    except Exception:
-        log.exception("llmitm: could not build the call record")
-        return
+    except Exception as e:  # a bug: the call still gets a record, with what is sure
+        log.exception("llmitm: could not build the call record: a reduced one is sent")
+        try:
+            record = reduced_record(call, flow, e)
+        except Exception:
+            log.exception("llmitm: could not build even a reduced call record")
+            return
     for finish in call.on_finish:  # e.g. a token limit settling its reservation
         try:
             finish(call, record)
@@ -524,6 +528,35 @@ def export(gw: Gateway, call: Call, flow: http.HTTPFlow) -> None:
     flow.metadata["llmitm.record_id"] = record.id
     flow.metadata["llmitm.status"] = record.status
     annotate(flow, record)  # mitmweb: the mark and comment of the call
+
+
+def reduced_record(call: Call, flow: http.HTTPFlow, error: Exception) -> CallRecord:
+    """The record of a call whose full record could not be built (a bug): when, where,
+    the status codes and the failure, without headers, payloads or usage (the parts
+    that failed may hold secrets not yet redacted)."""
+    end = call.ended_at or now()
+    resp = flow.response
+    path = flow.request.path.split("?", 1)[0]
+    return CallRecord(
+        id=uuid7(call.started_at),
+        started_at=call.started_at,
+        ended_at=end,
+        status="error",
+        client_ip=call.client_ip,
+        route=call.route.name if call.route else None,
+        service=call.route.service.name if call.route and call.route.service else None,
+        request={"method": flow.request.method, "uri": path},
+        response={"status": resp.status_code if resp is not None else None},
+        latencies={"request": _ms(call.started_at, end)},
+        error={
+            "status": None,
+            "type": "record_error",
+            "code": "record_incomplete",
+            "message": f"the gateway could not build this call's record: {type(error).__name__}",
+            "source": "gateway",
+        },
+        consumer=call.consumer.name if call.consumer is not None else None,
+    )
 
 
 #: the error of a call still in flight when the gateway stopped (`record_unfinished`)

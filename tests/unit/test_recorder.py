@@ -270,3 +270,26 @@ def test_a_writable_record_is_left_as_it_is(gw: Gateway) -> None:
     record = build_record(call, f)
     context = record.context
     assert writable(record) is record and record.context is context
+
+
+def test_a_bug_in_the_record_builder_still_yields_a_record(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    from addons import recorder
+
+    def broken(call: Call, flow: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(recorder, "build_record", broken)
+    sent: list[Any] = []
+    monkeypatch.setattr(gw.exporters, "export", lambda rec, route, config: sent.append(rec))
+    f, call = routed(gw, "/q/v1/chat/completions?subscription-key=secret-in-the-query")
+    recorder.export(gw, call, f)
+    (rec,) = sent
+    out = rec.to_dict()
+    assert out["status"] == "error"
+    assert out["route"] == {"name": "query"}
+    assert out["request"] == {"method": f.request.method, "uri": "/q/v1/chat/completions"}
+    assert out["error"]["code"] == "record_incomplete" and "KeyError" in out["error"]["message"]
+    assert "secret-in-the-query" not in json.dumps(out)
+    assert any("reduced one" in r.message for r in caplog.records)
