@@ -45,7 +45,7 @@ from addons.llm_hosts import HostTable, operation
 from addons.recorder import request_params
 from providers import eventstream, openai_responses, sse
 from providers.base import CallSpec, ProviderError, RouteType, Usage
-from providers.bedrock import usage_from_counts
+from providers.bedrock import invoke_text, usage_from_counts
 from providers.options import CohereOptions, ModelOptions
 
 log = logging.getLogger(__name__)
@@ -720,12 +720,6 @@ def _responses_answer(data: bytes, frame: str) -> Answer:
 
 # ---------------------------------------------------------------- Bedrock InvokeModel
 
-#: where the model families' InvokeModel answers put their text and stop reason
-#: (Titan, Llama, Mistral, Cohere, AI21), for the vendors without a parser of their own
-_INVOKE_TEXT = ("outputText", "generation", "completion", "text")
-_INVOKE_LISTS = ("results", "outputs", "generations", "completions")
-_INVOKE_STOP = ("completionReason", "stop_reason", "finish_reason", "stopReason")
-
 
 def _invoke_events(data: bytes) -> tuple[list[dict[str, Any]], str | None]:
     """The model's own events of an InvokeModelWithResponseStream body (each `chunk`'s
@@ -747,23 +741,6 @@ def _invoke_events(data: bytes) -> tuple[list[dict[str, Any]], str | None]:
         if isinstance(inner, dict):
             events.append(inner)
     return events, problem
-
-
-def _vendor_text(obj: dict[str, Any]) -> tuple[str, str | None]:
-    """Text and stop reason of one answer (or stream chunk) of a vendor without a parser."""
-    texts: list[str] = []
-    stop = next((obj[k] for k in _INVOKE_STOP if isinstance(obj.get(k), str)), None)
-    for key in _INVOKE_TEXT:
-        if isinstance(obj.get(key), str):
-            texts.append(obj[key])
-    for key in _INVOKE_LISTS:
-        for item in obj.get(key) or ():
-            if isinstance(item, dict):
-                data = item.get("data") if isinstance(item.get("data"), dict) else item
-                text, item_stop = _vendor_text(data)
-                texts.append(text)
-                stop = stop or item_stop
-    return "".join(texts), stop
 
 
 def _invoke_answer(
@@ -795,7 +772,7 @@ def _invoke_answer(
             answer = translator.assembled()
             answer["model"] = answer.get("model") or spec.model
             return Answer(answer, usage or translator.usage, error, frame, detail=vendor.api)
-        texts, stops = zip(*(_vendor_text(e) for e in events), strict=True) if events else ((), ())
+        texts, stops = zip(*(invoke_text(e) for e in events), strict=True) if events else ((), ())
         stop = next((s for s in reversed(stops) if s), None)
         return Answer(_chat("".join(texts), stop, spec.model), usage, error, frame)
     low = {k.lower(): v for k, v in headers.items()}
@@ -819,7 +796,7 @@ def _invoke_answer(
         answer = reply.data
         answer["model"] = answer.get("model") or spec.model
         return Answer(answer, usage or reply.usage, None, frame, detail=vendor.api)
-    text, stop = _vendor_text(obj)
+    text, stop = invoke_text(obj)
     return Answer(_chat(text, stop, spec.model), usage, None, frame)
 
 

@@ -114,7 +114,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from providers import eventstream, sse
-from providers.anthropic import thinking_config
+from providers.anthropic import AnthropicStream, thinking_config
 from providers.base import (
     AWSCredentials,
     CallSpec,
@@ -133,6 +133,7 @@ from providers.base import (
     new_completion_id,
     preserve_url,
 )
+from providers.openai import OpenAIStream
 from providers.options import ModelOptions
 
 SERVICE = "bedrock"
@@ -896,6 +897,10 @@ class BedrockStream:
 
     def __init__(self, spec: CallSpec, model: str | None = None, strict: bool = True) -> None:
         self._dec = eventstream.EventStreamDecoder()
+        self._spec = spec
+        # an InvokeModel stream of Claude's Messages events or of an OpenAI-shaped
+        # model: read by that API's own translator (`_vendor_stream`)
+        self._vendor: AnthropicStream | OpenAIStream | None = None
         # a stream without messageStop and metadata is an error (ConverseStream); a
         # preserved InvokeModelWithResponseStream is only observed
         self._strict = strict
@@ -960,6 +965,11 @@ class BedrockStream:
         return out
 
     def assembled(self) -> dict[str, Any]:
+        if self._vendor is not None:  # the model's answer, with Bedrock's usage if it said
+            out = self._vendor.assembled()
+            if self.usage is not None:
+                out["usage"] = self.usage.to_openai()
+            return out
         texts: list[str] = []
         reasoning: list[str] = []
         thinking_blocks: list[dict[str, Any]] = []
@@ -1176,14 +1186,16 @@ class BedrockStream:
             return
         if not self.started and _invoke_output(inner):
             self.started = True  # the first token: time to first token counts to here
-        if isinstance(inner.get("type"), str):
-            self._on_anthropic_event(inner, out)
+        vendor = self._vendor_stream(inner)
+        if vendor is not None:  # its OpenAI chunks are only observed here
+            kind = inner.get("type")
+            vendor.feed(sse.encode(inner, kind if isinstance(kind, str) else None))
         else:
-            text, finish = _invoke_text(inner)
+            text, stop = invoke_text(inner)
             if text:
                 self._block(0)["text"].append(text)
-            if finish is not None:
-                self.finish_reason = _invoke_finish(finish)
+            if stop is not None:
+                self.finish_reason = _invoke_finish(stop)
         metrics = inner.get("amazon-bedrock-invocationMetrics")
         if isinstance(metrics, dict):
             usage = usage_from_counts(
@@ -1196,36 +1208,15 @@ class BedrockStream:
                 self.usage = usage
             self._stopped = self._metadata = True
 
-    def _on_anthropic_event(self, event: dict[str, Any], out: list[bytes]) -> None:
-        """A Claude InvokeModel stream chunk: Anthropic's own Messages stream event (the
-        answer's text, thinking and tool calls, kept for the record)."""
-        kind = event["type"]
-        if kind == "content_block_start":
-            block_data = event.get("content_block")
-            if isinstance(block_data, dict) and block_data.get("type") == "tool_use":
-                block = self._block(event.get("index"))
-                self._start_tool(block, block_data.get("id"), block_data.get("name"), out)
-        elif kind == "content_block_delta":
-            delta = event.get("delta")
-            if not isinstance(delta, dict):
-                return
-            block = self._block(event.get("index"))
-            for key, into in (
-                ("text", "text"),
-                ("thinking", "reasoning"),
-                ("partial_json", "args"),
-            ):
-                value = delta.get(key)
-                if isinstance(value, str) and value:
-                    if into == "args" and block["tool"] is None:
-                        continue  # input of a block that did not start as a tool call
-                    block[into].append(value)
-            if isinstance(delta.get("signature"), str):
-                block["signature"] += delta["signature"]
-        elif kind == "message_delta":
-            delta = event.get("delta")
-            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
-                self.finish_reason = _finish(delta["stop_reason"])
+    def _vendor_stream(self, inner: dict[str, Any]) -> AnthropicStream | OpenAIStream | None:
+        """The translator of an InvokeModel stream whose model speaks a known API
+        (decided by its first chunk): Anthropic's Messages events, OpenAI's chunks."""
+        if self._vendor is None and not self._blocks:
+            if isinstance(inner.get("type"), str):
+                self._vendor = AnthropicStream(self._spec)
+            elif isinstance(inner.get("choices"), list):
+                self._vendor = OpenAIStream(self._spec)
+        return self._vendor
 
     # -- output
 
@@ -1283,25 +1274,30 @@ _HANDLERS = {
 _INVOKE_OUTPUT = ("outputText", "generation", "completion", "text", "outputs", "choices")
 
 
-def _invoke_text(inner: dict[str, Any]) -> tuple[str | None, Any]:
-    """(generated text, finish reason as the model says it) of an InvokeModel stream
-    chunk of a model family other than Claude's Messages: Titan (`outputText`,
-    `completionReason`), Llama (`generation`, `stop_reason`), Anthropic's legacy
-    completions (`completion`, `stop_reason`), Cohere Command (`text`, `finish_reason`
-    in its last chunk), Mistral (`outputs[0]`), and OpenAI-shaped models (`choices[0]`)."""
-    text = next(
-        (inner[k] for k in ("outputText", "generation", "completion", "text") if k in inner),
-        None,
-    )
-    finish = inner.get("completionReason") or inner.get("stop_reason") or inner.get("finish_reason")
-    for key in ("outputs", "choices"):
-        items = inner.get(key)
-        if text is None and isinstance(items, list) and items and isinstance(items[0], dict):
-            first = items[0]
-            delta = first.get("delta")
-            text = delta.get("content") if isinstance(delta, dict) else first.get("text")
-            finish = finish or first.get("stop_reason") or first.get("finish_reason")
-    return (text if isinstance(text, str) else None), finish
+#: where the model families' InvokeModel answers (and stream chunks) put their text and
+#: stop reason: Titan, Llama, Anthropic's legacy completions, Cohere Command, Mistral,
+#: AI21 (Claude's Messages and OpenAI-shaped models are read by their own translators)
+_INVOKE_TEXT = ("outputText", "generation", "completion", "text")
+_INVOKE_LISTS = ("results", "outputs", "generations", "completions")
+_INVOKE_STOP = ("completionReason", "stop_reason", "finish_reason", "stopReason")
+
+
+def invoke_text(obj: dict[str, Any]) -> tuple[str, str | None]:
+    """Text and stop reason (as the model says it) of one InvokeModel answer or stream
+    chunk of a model family without a translator of its own."""
+    texts: list[str] = []
+    stop = next((obj[k] for k in _INVOKE_STOP if isinstance(obj.get(k), str)), None)
+    for key in _INVOKE_TEXT:
+        if isinstance(obj.get(key), str):
+            texts.append(obj[key])
+    for key in _INVOKE_LISTS:
+        for item in obj.get(key) or ():
+            if isinstance(item, dict):
+                data = item.get("data") if isinstance(item.get("data"), dict) else item
+                text, item_stop = invoke_text(data)
+                texts.append(text)
+                stop = stop or item_stop
+    return "".join(texts), stop
 
 
 #: finish reasons of the InvokeModel families, lower-cased -> OpenAI's
