@@ -744,10 +744,10 @@ class HttpDelivery:
                 lane.spool.dir,
             )
 
-    def _unbuildable(self, channel: str, batch: list[Item]) -> list[Item]:
-        """The items of a batch whose request could not be built that fail alone too
-        (in a worker thread: it encodes each one)."""
-        bad = []
+    def _split_buildable(self, channel: str, batch: list[Item]) -> tuple[list[Item], list[Item]]:
+        """(good, bad): the items of a batch whose request could not be built, by
+        whether a request of that item alone can be (in a worker thread: it encodes)."""
+        good, bad = [], []
         for item in batch:
             try:
                 self.sink.request(channel, [item])
@@ -756,7 +756,9 @@ class HttpDelivery:
                     "%s: could not build a request for one %s item", self.sink.name, channel
                 )
                 bad.append(item)
-        return bad
+            else:
+                good.append(item)
+        return good, bad
 
     async def _send(self, channel: str, batch: list[Item]) -> tuple[list[Item], Verdict]:
         """One request with the first items of `batch` (as many as the sink puts in),
@@ -772,10 +774,9 @@ class HttpDelivery:
                 return batch, Verdict(
                     dropped=list(batch), reason=f"request could not be built: {e}"
                 )
-            bad = await run_blocking(self._unbuildable, channel, batch)
+            good, bad = await run_blocking(self._split_buildable, channel, batch)
             if not bad:  # each item alone is fine: send them in smaller requests
-                return batch, Verdict(retry=list(batch), too_large=True, reason=str(e))
-            good = [it for it in batch if all(it is not b for b in bad)]
+                return batch, Verdict(retry=good, too_large=True, reason=str(e))
             return batch, Verdict(
                 retry=good, dropped=bad, reason=f"request could not be built: {e}"
             )
