@@ -69,6 +69,25 @@ def _refuse_repeated_options() -> None:
             )
 
 
+def refuse_unparsable_options() -> None:
+    """A value mitmproxy cannot parse for a script's option (`--set
+    llmitm_shutdown_grace=soon`, `--set llmitm_observe=maybe`) makes it drop every option
+    of the script as silently as a repeated one. Say which, as a startup error (exit 1).
+    Called once the whole chain has declared its options (the chain's last part loads);
+    repeated values are `_refuse_repeated_options`'s."""
+    for name, value in ctx.options.deferred.items():
+        values = getattr(value, "val", None)
+        option = ctx.options._options.get(name)
+        if not name.startswith("llmitm_") or option is None or not isinstance(values, list):
+            continue
+        if len(values) > 1 and option.typespec != Sequence[str]:
+            continue
+        try:
+            ctx.options._parse_setval(option, values)
+        except exceptions.OptionsError as e:
+            log.error("llmitm: --set %s=%s: %s", name, values[-1], e)
+
+
 class ConfigWatch:
     name = "llmitm-config"
 

@@ -38,7 +38,7 @@ except ImportError:  # run from a checkout without installing: use the checkout
 
 from addons import policies
 from addons.ai_proxy import AIProxy
-from addons.config_watch import ConfigWatch
+from addons.config_watch import ConfigWatch, refuse_unparsable_options
 from addons.contentview import ContentviewAddon
 from addons.dispatch import Chain
 from addons.observe import Observe
@@ -72,6 +72,10 @@ class Lifecycle:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
+
+    def load(self, loader) -> None:
+        # the chain's last part: every llmitm_ option is declared by now
+        refuse_unparsable_options()
 
     def running(self) -> None:
         create_task(self.gw.upstream.start(), name="llmitm upstream start", keep_ref=True)

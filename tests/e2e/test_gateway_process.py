@@ -90,6 +90,16 @@ def test_an_option_given_twice_refuses_to_start(start_gateway, tmp_path) -> None
     assert "--set llmitm_config is given 2 times" in gw.log()
 
 
+def test_an_unparsable_option_refuses_to_start(start_gateway, tmp_path) -> None:
+    """A value mitmproxy cannot parse would drop every option of the script as silently:
+    the gateway refuses to start and says which."""
+    gw = start_gateway(
+        quickstart(tmp_path), ready=False, extra=["--set", "llmitm_shutdown_grace=soon"]
+    )
+    assert gw.wait_exit() == 1
+    assert "--set llmitm_shutdown_grace=soon: Failed to parse option" in gw.log()
+
+
 def test_missing_secret_refuses_to_start(start_gateway) -> None:
     config = """
 services:

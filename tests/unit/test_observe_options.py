@@ -16,6 +16,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
 from addons import config_watch
+from addons.dispatch import Chain
 from addons.gateway import chain
 from addons.observe import Observe
 from addons.state import Gateway
@@ -70,6 +71,32 @@ def test_a_repeated_single_value_option_is_a_startup_error(
         ):
             tctx.master.addons.add(config_watch.ConfigWatch(gw))
     assert "--set llmitm_config is given 2 times (a.yaml, b.yaml): give it once" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            "llmitm_shutdown_grace=soon",
+            "--set llmitm_shutdown_grace=soon: Failed to parse option llmitm_shutdown_grace: "
+            "not an integer: soon",
+        ),
+        ("llmitm_observe=maybe", "--set llmitm_observe=maybe: Failed to parse option"),
+    ],
+)
+def test_an_unparsable_option_value_is_a_startup_error(
+    caplog: pytest.LogCaptureFixture, setting: str, message: str
+) -> None:
+    # mitmproxy would drop every option of the script (the config too) without a word
+    gw = Gateway()
+    with taddons.context() as tctx:
+        tctx.options.set(setting, defer=True)
+        with (
+            caplog.at_level(logging.ERROR, logger="llmitm"),
+            pytest.raises(exceptions.OptionsError),
+        ):
+            tctx.master.addons.add(Chain(chain(gw)))
+    assert message in caplog.text
 
 
 @pytest.mark.parametrize(
